@@ -1,0 +1,2891 @@
+/*
+ * dotproxy - a DNS-over-TLS forwarder that fits on a router.
+ *
+ * Copyright (c) 2026 the dotproxy authors. MIT licence (see README.md).
+ *
+ * ==== overview ==========================================================
+ *
+ * dotproxy listens for plain DNS on UDP and TCP and forwards every query
+ * over TLS 1.2 (RFC 7858) to one of an ordered list of upstream resolvers.
+ * One C file, statically linked with musl and BearSSL; trust anchors are
+ * compiled in; at run time it needs no file at all.
+ *
+ *   client --UDP/TCP--> listener --> pending table --> upstream queue
+ *                                         |                  |
+ *                                         |      TLS record (many queries)
+ *                                         |                  v
+ *   client <--answer-- deliver <-- match ID+question <-- upstream (BearSSL)
+ *
+ * Every query gets a pending-table slot. The slot number (plus a
+ * generation and a per-connection XOR key) is the query's ID on the
+ * upstream connection, so IDs are unique per connection and an answer is
+ * found in O(1). The answer goes back with the client's ID and the
+ * client's own spelling of the question.
+ *
+ * One select() loop runs everything; nothing blocks; nothing allocates
+ * after start-up. Memory is fixed by the limits block below:
+ *   upstreams  8 x (BearSSL ~7 KB + I/O buffer 33 KB + answer buffer 64 KB)
+ *   pending    1024 x ~1.1 KB
+ *   clients    128 x ~70 KB (TCP output buffers; touched only when used)
+ * Most of it is never touched: the resident size of an idle proxy is
+ * about 100 KB.
+ *
+ * Table of contents (grep for "==== name"):
+ *   limits      every tunable, with units and reasons
+ *   types       state machines and their invariants
+ *   globals     struct proxy g
+ *   util        logging, time, errors by name
+ *   dns         pure functions on DNS messages
+ *   anchors     compiled-in trust anchors, --ca-file loader
+ *   pending     the pending-query table
+ *   upstream    TLS connections to resolvers
+ *   client      TCP client connections
+ *   udp         UDP listeners
+ *   query       what happens to a query, from arrival to answer
+ *   loop        fd sets, select(), dispatch, timers
+ *   config      options, specs, signals
+ *   main
+ */
+
+#define _GNU_SOURCE	/* recvmmsg-free, but IP_PKTINFO and getrandom */
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bearssl.h"
+
+#ifndef DOTPROXY_VERSION
+#define DOTPROXY_VERSION "0.1.0-dev"
+#endif
+
+/* ==== limits ========================================================== */
+/*
+ * Every fixed size and every timeout. Arrays are sized from these, so the
+ * memory use is known at compile time (see the overview).
+ */
+#define MAX_LISTENERS		8	/* --listen addresses (UDP+TCP each) */
+#define MAX_UPSTREAMS		8	/* --upstream specs */
+#define MAX_TCP_CLIENTS		128	/* concurrent TCP client connections */
+#define PENDING_SLOT_BITS	10
+#define MAX_PENDING		(1 << PENDING_SLOT_BITS) /* queries in flight */
+#define MAX_INFLIGHT_PER_CLIENT	64	/* per TCP connection (RFC 7766 6.2.1) */
+#define MAX_ATTEMPTS		3	/* sends of one query before SERVFAIL */
+#define UDP_BATCH		64	/* datagrams read per readable event */
+
+#define DNS_HEADER_BYTES	12
+#define DNS_NAME_MAX_BYTES	255	/* RFC 1035 3.1, wire form */
+#define DNS_LABEL_MAX_BYTES	63
+#define QUERY_MAX_BYTES		1024	/* longer queries get FORMERR */
+#define MSG_MAX_BYTES		65535	/* TCP length prefix maximum */
+#define UDP_MIN_LIMIT		512	/* RFC 1035 4.2.1, and EDNS floor */
+#define UDP_ADVERTISE_BYTES	1232	/* our OPT size (DNS flag day 2020) */
+#define CLIENT_IN_BYTES		(2 + QUERY_MAX_BYTES)
+#define CLIENT_OUT_BYTES	(2 + MSG_MAX_BYTES + 4096)
+#define AUTHNAME_MAX_BYTES	253	/* text form of a host name */
+
+#define QUERY_TIMEOUT_MS	4000	/* dig gives up at 5 s; answer first */
+#define HANDSHAKE_TIMEOUT_MS	5000	/* TCP connect + TLS handshake */
+#define UPSTREAM_IDLE_MS	9000	/* below Cloudflare's 10 s (stubby#183) */
+#define CLOSE_TIMEOUT_MS	1000	/* wait for close_notify to go out */
+#define CLIENT_IDLE_MS		10000	/* idle TCP client (RFC 7766 6.2.3) */
+#define BACKOFF_MIN_MS		500	/* after a failed connection ... */
+#define BACKOFF_MAX_MS		10000	/* ... doubling, capped (stubby#373) */
+#define MAX_SELECT_MS		1000
+#define LOG_RATE_MS		10000	/* repeatable warnings: one per 10 s */
+
+#define DEFAULT_PORT		53
+#define DOT_PORT		853	/* RFC 7858 3.1 */
+
+#if MAX_LISTENERS * 2 + MAX_UPSTREAMS + MAX_TCP_CLIENTS + 16 > FD_SETSIZE
+#error "the limits need more descriptors than select() can watch"
+#endif
+#if MAX_PENDING > 4096
+#error "PENDING_SLOT_BITS leaves too few ID bits for a generation"
+#endif
+
+/* ==== types =========================================================== */
+
+union sockaddr_u {
+	struct sockaddr sa;
+	struct sockaddr_in sin;
+	struct sockaddr_in6 sin6;
+};
+
+/*
+ * Upstream TLS connection. upstream_set_state() is the only writer of
+ * ->state; it arms the deadline of the new state.
+ */
+enum upstream_state {
+	UPSTREAM_DISCONNECTED,	/* fd == -1; may connect at once */
+	UPSTREAM_CONNECTING,	/* connect() in progress; want write */
+	UPSTREAM_HANDSHAKING,	/* engine running; SENDAPP not yet seen */
+	UPSTREAM_READY,		/* queries may be injected */
+	UPSTREAM_CLOSING,	/* close_notify queued; deadline armed */
+	UPSTREAM_BACKOFF,	/* fd == -1; not used until retry_at */
+};
+
+/*
+ * Pending query. A slot is QUEUED on exactly one upstream's FIFO, or
+ * SENT on exactly one upstream connection, and always on the age list.
+ */
+enum pending_state {
+	PENDING_FREE,		/* on the free stack */
+	PENDING_QUEUED,		/* waiting for its upstream to be READY */
+	PENDING_SENT,		/* written into the TLS engine */
+};
+
+enum origin_kind {
+	ORIGIN_UDP,
+	ORIGIN_TCP,
+};
+
+/*
+ * TCP client connection (RFC 7766). Reading pauses while the client has
+ * MAX_INFLIGHT_PER_CLIENT queries in flight or output is backed up.
+ */
+enum client_state {
+	CLIENT_FREE,		/* fd == -1 */
+	CLIENT_READ_LEN,	/* fewer than 2 bytes of the next frame */
+	CLIENT_READ_MSG,	/* length known, body incomplete */
+	CLIENT_EOF,		/* client shut down writing; drain and close */
+};
+
+/* What the dns section learns about a query in one pass. */
+struct dns_query_info {
+	uint16_t id;
+	size_t qend;		/* offset just past QTYPE/QCLASS */
+	uint16_t qtype;
+	int has_opt;		/* client sent an OPT record */
+	uint16_t udp_limit;	/* largest UDP answer the client takes */
+};
+
+struct upstream {
+	enum upstream_state state;
+	int fd;
+	union sockaddr_u addr;
+	socklen_t addrlen;
+	char name[AUTHNAME_MAX_BYTES + 1];	/* SNI and certificate name */
+	char label[AUTHNAME_MAX_BYTES + 64];	/* "ip:port (name)" for logs */
+	int last_err;			/* last failure logged; 0 = healthy */
+	int64_t deadline_ms;		/* CONNECTING/HANDSHAKING/CLOSING */
+	int64_t idle_since_ms;		/* READY with nothing in flight */
+	int64_t retry_at_ms;		/* BACKOFF end */
+	unsigned backoff_ms;
+	uint16_t id_key;		/* XOR key for IDs on this connection */
+	int queue_head, queue_tail;	/* FIFO of QUEUED pending slots */
+	size_t inject_off;		/* bytes of the head already injected */
+	size_t inflight;		/* SENT slots on this connection */
+	unsigned long n_queries, n_connects, n_failures;
+	size_t rlen;			/* bytes of answer stream in rbuf */
+	br_ssl_client_context sc;
+	br_x509_minimal_context xc;
+	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI]; /* full duplex: a send
+				 * never waits for an unread answer */
+	unsigned char rbuf[2 + MSG_MAX_BYTES];
+};
+
+/* Where a query came from, and so where its answer goes. */
+struct origin {
+	enum origin_kind kind;
+	int listener;			/* UDP: the socket it came in on */
+	union sockaddr_u peer;		/* UDP: the client */
+	socklen_t peerlen;
+	union sockaddr_u local;		/* UDP: address it was sent to */
+	int has_local;			/* local is set (wildcard listener) */
+	int slot;			/* TCP: client slot ... */
+	unsigned gen;			/* ... and its generation */
+};
+
+struct pending_query {
+	enum pending_state state;
+	uint8_t upstream;
+	uint8_t attempts;
+	uint8_t has_opt;
+	uint16_t gen;			/* bumped on each reuse of the slot */
+	uint16_t up_id;			/* ID on the upstream connection */
+	uint16_t client_id;
+	uint16_t udp_limit;		/* 0 for TCP */
+	uint16_t qlen, qend;
+	int next;			/* upstream FIFO link */
+	int age_prev, age_next;		/* age list, oldest first */
+	int64_t deadline_ms;
+	struct origin from;
+	unsigned char query[QUERY_MAX_BYTES];	/* ID = up_id once sent */
+};
+
+struct client_conn {
+	enum client_state state;
+	int fd;
+	unsigned gen;			/* bumped each time the slot is reused */
+	size_t inflight;
+	int64_t last_active_ms;
+	size_t in_len;
+	size_t out_off, out_len;
+	unsigned char in[CLIENT_IN_BYTES + 2];
+	unsigned char out[CLIENT_OUT_BYTES];
+};
+
+struct listener {
+	union sockaddr_u addr;
+	socklen_t addrlen;
+	int udp_fd, tcp_fd;
+	int wildcard;			/* bound to 0.0.0.0 or ::: use PKTINFO */
+};
+
+struct ratelimit {
+	int64_t last_ms;
+	unsigned long suppressed;
+};
+
+/* ==== globals ========================================================= */
+
+enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+
+static struct proxy {
+	int log_level;
+	int64_t now_ms;
+	unsigned query_timeout_ms;
+	struct listener listeners[MAX_LISTENERS];
+	size_t n_listeners;
+	struct upstream upstreams[MAX_UPSTREAMS];
+	size_t n_upstreams;
+	struct pending_query pending[MAX_PENDING];
+	int free_stack[MAX_PENDING];
+	size_t n_free;
+	int age_head, age_tail;
+	struct client_conn clients[MAX_TCP_CLIENTS];
+	const br_x509_trust_anchor *tas;
+	size_t n_tas;
+	struct ratelimit rl_table_full, rl_clients_full, rl_mismatch;
+	unsigned long n_udp_queries, n_tcp_queries, n_servfail;
+} g;
+
+static volatile sig_atomic_t g_stop_signal;
+
+/* ==== util ============================================================ */
+
+static const char *const log_names[] = { "error", "warn", "info", "debug" };
+
+static void
+log_msg(int level, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	int n;
+
+	if (level > g.log_level)
+		return;
+	n = snprintf(line, sizeof line, "dotproxy: %s: ", log_names[level]);
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	n = (int)strlen(line);
+	line[n++] = '\n';
+	/* One write per line: lines from one process never interleave. */
+	(void)!write(2, line, (size_t)n);
+}
+
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+#define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
+#define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) do { \
+		if (g.log_level >= LOG_DEBUG) \
+			log_msg(LOG_DEBUG, __VA_ARGS__); \
+	} while (0)
+
+static void
+die(const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	dprintf(2, "dotproxy: fatal: %s\n", line);
+	exit(1);
+}
+
+/* Returns 1 if a repeatable warning may be logged now (one per period). */
+static int
+ratelimit_ok(struct ratelimit *rl)
+{
+	if (rl->last_ms != 0 && g.now_ms - rl->last_ms < LOG_RATE_MS) {
+		rl->suppressed++;
+		return 0;
+	}
+	rl->last_ms = g.now_ms ? g.now_ms : 1;
+	return 1;
+}
+
+static int64_t
+time_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint16_t
+get16(const unsigned char *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static void
+put16(unsigned char *p, unsigned v)
+{
+	p[0] = (unsigned char)(v >> 8);
+	p[1] = (unsigned char)v;
+}
+
+/* Fills buf with len bytes from the getrandom(2) system call: no files. */
+static int
+util_random(void *buf, size_t len)
+{
+	unsigned char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = getrandom(p, len, 0);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Formats an address as "1.2.3.4:53" or "[::1]:53". */
+static void
+util_format_addr(const union sockaddr_u *a, char *out, size_t outlen)
+{
+	char ip[INET6_ADDRSTRLEN];
+
+	if (a->sa.sa_family == AF_INET6) {
+		inet_ntop(AF_INET6, &a->sin6.sin6_addr, ip, sizeof ip);
+		snprintf(out, outlen, "[%s]:%u", ip, ntohs(a->sin6.sin6_port));
+	} else {
+		inet_ntop(AF_INET, &a->sin.sin_addr, ip, sizeof ip);
+		snprintf(out, outlen, "%s:%u", ip, ntohs(a->sin.sin_port));
+	}
+}
+
+static const struct {
+	int code;
+	const char *name;
+} br_errors[] = {
+	{ BR_ERR_BAD_PARAM, "BR_ERR_BAD_PARAM" },
+	{ BR_ERR_BAD_STATE, "BR_ERR_BAD_STATE" },
+	{ BR_ERR_UNSUPPORTED_VERSION, "BR_ERR_UNSUPPORTED_VERSION" },
+	{ BR_ERR_BAD_VERSION, "BR_ERR_BAD_VERSION" },
+	{ BR_ERR_BAD_LENGTH, "BR_ERR_BAD_LENGTH" },
+	{ BR_ERR_TOO_LARGE, "BR_ERR_TOO_LARGE" },
+	{ BR_ERR_BAD_MAC, "BR_ERR_BAD_MAC" },
+	{ BR_ERR_NO_RANDOM, "BR_ERR_NO_RANDOM" },
+	{ BR_ERR_UNKNOWN_TYPE, "BR_ERR_UNKNOWN_TYPE" },
+	{ BR_ERR_UNEXPECTED, "BR_ERR_UNEXPECTED" },
+	{ BR_ERR_BAD_CCS, "BR_ERR_BAD_CCS" },
+	{ BR_ERR_BAD_ALERT, "BR_ERR_BAD_ALERT" },
+	{ BR_ERR_BAD_HANDSHAKE, "BR_ERR_BAD_HANDSHAKE" },
+	{ BR_ERR_OVERSIZED_ID, "BR_ERR_OVERSIZED_ID" },
+	{ BR_ERR_BAD_CIPHER_SUITE, "BR_ERR_BAD_CIPHER_SUITE" },
+	{ BR_ERR_BAD_COMPRESSION, "BR_ERR_BAD_COMPRESSION" },
+	{ BR_ERR_BAD_FRAGLEN, "BR_ERR_BAD_FRAGLEN" },
+	{ BR_ERR_BAD_SECRENEG, "BR_ERR_BAD_SECRENEG" },
+	{ BR_ERR_EXTRA_EXTENSION, "BR_ERR_EXTRA_EXTENSION" },
+	{ BR_ERR_BAD_SNI, "BR_ERR_BAD_SNI" },
+	{ BR_ERR_BAD_HELLO_DONE, "BR_ERR_BAD_HELLO_DONE" },
+	{ BR_ERR_LIMIT_EXCEEDED, "BR_ERR_LIMIT_EXCEEDED" },
+	{ BR_ERR_BAD_FINISHED, "BR_ERR_BAD_FINISHED" },
+	{ BR_ERR_RESUME_MISMATCH, "BR_ERR_RESUME_MISMATCH" },
+	{ BR_ERR_INVALID_ALGORITHM, "BR_ERR_INVALID_ALGORITHM" },
+	{ BR_ERR_BAD_SIGNATURE, "BR_ERR_BAD_SIGNATURE" },
+	{ BR_ERR_WRONG_KEY_USAGE, "BR_ERR_WRONG_KEY_USAGE" },
+	{ BR_ERR_NO_CLIENT_AUTH, "BR_ERR_NO_CLIENT_AUTH" },
+	{ BR_ERR_IO, "BR_ERR_IO" },
+	{ BR_ERR_X509_INVALID_VALUE, "BR_ERR_X509_INVALID_VALUE" },
+	{ BR_ERR_X509_TRUNCATED, "BR_ERR_X509_TRUNCATED" },
+	{ BR_ERR_X509_EMPTY_CHAIN, "BR_ERR_X509_EMPTY_CHAIN" },
+	{ BR_ERR_X509_INNER_TRUNC, "BR_ERR_X509_INNER_TRUNC" },
+	{ BR_ERR_X509_BAD_TAG_CLASS, "BR_ERR_X509_BAD_TAG_CLASS" },
+	{ BR_ERR_X509_BAD_TAG_VALUE, "BR_ERR_X509_BAD_TAG_VALUE" },
+	{ BR_ERR_X509_INDEFINITE_LENGTH, "BR_ERR_X509_INDEFINITE_LENGTH" },
+	{ BR_ERR_X509_EXTRA_ELEMENT, "BR_ERR_X509_EXTRA_ELEMENT" },
+	{ BR_ERR_X509_UNEXPECTED, "BR_ERR_X509_UNEXPECTED" },
+	{ BR_ERR_X509_NOT_CONSTRUCTED, "BR_ERR_X509_NOT_CONSTRUCTED" },
+	{ BR_ERR_X509_NOT_PRIMITIVE, "BR_ERR_X509_NOT_PRIMITIVE" },
+	{ BR_ERR_X509_PARTIAL_BYTE, "BR_ERR_X509_PARTIAL_BYTE" },
+	{ BR_ERR_X509_BAD_BOOLEAN, "BR_ERR_X509_BAD_BOOLEAN" },
+	{ BR_ERR_X509_OVERFLOW, "BR_ERR_X509_OVERFLOW" },
+	{ BR_ERR_X509_BAD_DN, "BR_ERR_X509_BAD_DN" },
+	{ BR_ERR_X509_BAD_TIME, "BR_ERR_X509_BAD_TIME" },
+	{ BR_ERR_X509_UNSUPPORTED, "BR_ERR_X509_UNSUPPORTED" },
+	{ BR_ERR_X509_LIMIT_EXCEEDED, "BR_ERR_X509_LIMIT_EXCEEDED" },
+	{ BR_ERR_X509_WRONG_KEY_TYPE, "BR_ERR_X509_WRONG_KEY_TYPE" },
+	{ BR_ERR_X509_BAD_SIGNATURE, "BR_ERR_X509_BAD_SIGNATURE" },
+	{ BR_ERR_X509_TIME_UNKNOWN, "BR_ERR_X509_TIME_UNKNOWN" },
+	{ BR_ERR_X509_EXPIRED, "BR_ERR_X509_EXPIRED" },
+	{ BR_ERR_X509_DN_MISMATCH, "BR_ERR_X509_DN_MISMATCH" },
+	{ BR_ERR_X509_BAD_SERVER_NAME, "BR_ERR_X509_BAD_SERVER_NAME" },
+	{ BR_ERR_X509_CRITICAL_EXTENSION, "BR_ERR_X509_CRITICAL_EXTENSION" },
+	{ BR_ERR_X509_NOT_CA, "BR_ERR_X509_NOT_CA" },
+	{ BR_ERR_X509_FORBIDDEN_KEY_USAGE, "BR_ERR_X509_FORBIDDEN_KEY_USAGE" },
+	{ BR_ERR_X509_WEAK_PUBLIC_KEY, "BR_ERR_X509_WEAK_PUBLIC_KEY" },
+	{ BR_ERR_X509_NOT_TRUSTED, "BR_ERR_X509_NOT_TRUSTED" },
+};
+
+/*
+ * Names a BearSSL error code; alerts are decoded ("BR_ERR_RECV_FATAL_ALERT
+ * 40 handshake_failure" style is left to the caller's buffer).
+ */
+static const char *
+util_br_error_name(int err, char *buf, size_t buflen)
+{
+	size_t i;
+
+	if (err >= BR_ERR_SEND_FATAL_ALERT) {
+		snprintf(buf, buflen, "BR_ERR_SEND_FATAL_ALERT (alert %d)",
+		    err - BR_ERR_SEND_FATAL_ALERT);
+		return buf;
+	}
+	if (err >= BR_ERR_RECV_FATAL_ALERT) {
+		snprintf(buf, buflen, "BR_ERR_RECV_FATAL_ALERT (alert %d)",
+		    err - BR_ERR_RECV_FATAL_ALERT);
+		return buf;
+	}
+	for (i = 0; i < sizeof br_errors / sizeof br_errors[0]; i++)
+		if (br_errors[i].code == err)
+			return br_errors[i].name;
+	snprintf(buf, buflen, "BearSSL error %d", err);
+	return buf;
+}
+
+/* ==== dns: pure functions on messages ================================= */
+/*
+ * No state, no I/O: every function here takes a buffer and its length and
+ * never reads past it. Offsets of 0 mean "malformed" (a valid offset is
+ * never 0: names start after the 12-byte header).
+ */
+
+#define DNS_TYPE_OPT		41
+#define DNS_RCODE_FORMERR	1
+#define DNS_RCODE_SERVFAIL	2
+#define DNS_RCODE_NOTIMP	4
+#define DNS_DROP		(-1)	/* dns_parse_query: send nothing */
+#define DNS_FLAG_QR		0x80	/* byte 2 */
+#define DNS_FLAG_TC		0x02	/* byte 2 */
+#define DNS_FLAG_RD		0x01	/* byte 2 */
+#define DNS_FLAG_RA		0x80	/* byte 3 */
+#define DNS_FLAG_CD		0x10	/* byte 3 */
+#define DNS_OPT_FIXED_BYTES	11	/* root name, type, class, TTL, RDLEN */
+
+/*
+ * Checks an uncompressed name at off (the question's form: RFC 1035
+ * 4.1.4 allows pointers, but no client points into the header, and a
+ * pointer is how a question loops). Returns the offset past it, or 0.
+ */
+static size_t
+dns_check_name(const unsigned char *m, size_t len, size_t off)
+{
+	size_t total = 0;
+
+	for (;;) {
+		unsigned lab;
+
+		if (off >= len)
+			return 0;
+		lab = m[off];
+		if (lab > DNS_LABEL_MAX_BYTES)	/* pointer or reserved type */
+			return 0;
+		total += lab + 1;
+		if (total > DNS_NAME_MAX_BYTES)
+			return 0;
+		off += lab + 1;
+		if (lab == 0)
+			return off;
+	}
+}
+
+/*
+ * Skips a possibly compressed name without following pointers (so no
+ * loop is possible). Returns the offset past it, or 0 if malformed.
+ */
+static size_t
+dns_skip_name(const unsigned char *m, size_t len, size_t off)
+{
+	size_t total = 0;
+
+	for (;;) {
+		unsigned lab;
+
+		if (off >= len)
+			return 0;
+		lab = m[off];
+		if ((lab & 0xC0) == 0xC0)
+			return off + 2 <= len ? off + 2 : 0;
+		if (lab > DNS_LABEL_MAX_BYTES)
+			return 0;
+		total += lab + 1;
+		if (total > DNS_NAME_MAX_BYTES)
+			return 0;
+		off += lab + 1;
+		if (lab == 0)
+			return off;
+	}
+}
+
+/*
+ * Walks the resource records after the question (at off) and finds the
+ * OPT record (RFC 6891 6.1.1: at most one, in the additional section,
+ * owner name root). Returns 1 with its bounds, 0 if there is none, -1 if
+ * the message is malformed.
+ */
+static int
+dns_find_opt(const unsigned char *m, size_t len, size_t off,
+    size_t *opt_start, size_t *opt_end)
+{
+	unsigned an = get16(m + 6), ns = get16(m + 8), ar = get16(m + 10);
+	unsigned i, n = an + ns + ar;
+	int found = 0;
+
+	for (i = 0; i < n; i++) {
+		size_t start = off, rdlen;
+
+		off = dns_skip_name(m, len, off);
+		if (off == 0 || off + 10 > len)
+			return -1;
+		rdlen = get16(m + off + 8);
+		if (off + 10 + rdlen > len)
+			return -1;
+		if (get16(m + off) == DNS_TYPE_OPT) {
+			if (found || i < an + ns || m[start] != 0)
+				return -1;
+			found = 1;
+			*opt_start = start;
+			*opt_end = off + 10 + rdlen;
+		}
+		off += 10 + rdlen;
+	}
+	return found;
+}
+
+/*
+ * Validates a client's query and learns what the proxy needs (ID, end of
+ * question, EDNS). Returns 0 to forward it, DNS_DROP to ignore it (too
+ * short to answer, or a response: answering responses makes loops), or
+ * an RCODE to answer with. qi->qend is set whenever the question parsed,
+ * so an error answer can echo it.
+ */
+static int
+dns_parse_query(const unsigned char *m, size_t len, struct dns_query_info *qi)
+{
+	size_t off, opt_start, opt_end;
+	int r;
+
+	memset(qi, 0, sizeof *qi);
+	qi->udp_limit = UDP_MIN_LIMIT;
+	if (len < DNS_HEADER_BYTES || len > MSG_MAX_BYTES)
+		return DNS_DROP;
+	qi->id = get16(m);
+	if (m[2] & DNS_FLAG_QR)
+		return DNS_DROP;
+	if ((m[2] >> 3 & 0x0F) != 0)		/* only QUERY (RFC 1035) */
+		return DNS_RCODE_NOTIMP;
+	if (get16(m + 4) != 1)			/* RFC 9619: exactly one */
+		return DNS_RCODE_FORMERR;
+	off = dns_check_name(m, len, DNS_HEADER_BYTES);
+	if (off == 0 || off + 4 > len)
+		return DNS_RCODE_FORMERR;
+	qi->qtype = get16(m + off);
+	qi->qend = off + 4;
+	if (len > QUERY_MAX_BYTES)
+		return DNS_RCODE_FORMERR;
+	r = dns_find_opt(m, len, qi->qend, &opt_start, &opt_end);
+	if (r < 0)
+		return DNS_RCODE_FORMERR;
+	if (r == 1) {
+		unsigned size = get16(m + opt_start + 3);
+
+		qi->has_opt = 1;
+		qi->udp_limit = size < UDP_MIN_LIMIT ? UDP_MIN_LIMIT :
+		    (uint16_t)size;
+	}
+	return 0;
+}
+
+/*
+ * Checks that an upstream's message is a response with exactly one
+ * uncompressed question. Returns the offset past the question, or 0.
+ */
+static size_t
+dns_parse_answer(const unsigned char *m, size_t len)
+{
+	size_t off;
+
+	if (len < DNS_HEADER_BYTES || !(m[2] & DNS_FLAG_QR) ||
+	    get16(m + 4) != 1)
+		return 0;
+	off = dns_check_name(m, len, DNS_HEADER_BYTES);
+	if (off == 0 || off + 4 > len)
+		return 0;
+	return off + 4;
+}
+
+/*
+ * Compares two questions (name case-insensitively per RFC 4343, type and
+ * class exactly). Both MUST have passed dns_check_name, and the lengths
+ * are their qend offsets.
+ */
+static int
+dns_question_equal(const unsigned char *a, size_t aend,
+    const unsigned char *b, size_t bend)
+{
+	size_t i;
+
+	if (aend != bend)
+		return 0;
+	for (i = DNS_HEADER_BYTES; i < aend; i++) {
+		unsigned x = a[i], y = b[i];
+
+		if (x >= 'A' && x <= 'Z')
+			x += 'a' - 'A';
+		if (y >= 'A' && y <= 'Z')
+			y += 'a' - 'A';
+		if (x != y)
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * Removes the OPT record from a message (for a client that sent none:
+ * RFC 6891 7). Returns the new length, or 0 if the message is malformed.
+ */
+static size_t
+dns_strip_opt(unsigned char *m, size_t len, size_t qend)
+{
+	size_t s, e;
+	int r = dns_find_opt(m, len, qend, &s, &e);
+
+	if (r < 0)
+		return 0;
+	if (r == 0)
+		return len;
+	memmove(m + s, m + e, len - e);
+	put16(m + 10, get16(m + 10) - 1u);
+	return len - (e - s);
+}
+
+/*
+ * Cuts an answer too large for a UDP client down to its header and
+ * question with TC=1 (RFC 1035 4.2.1, RFC 7766 5), keeping an OPT record
+ * when the client sent one (RFC 6891 7). Works in place; returns the new
+ * length. qend is the end of the question.
+ */
+static size_t
+dns_truncate(unsigned char *m, size_t len, size_t qend, int client_opt)
+{
+	unsigned char opt[DNS_OPT_FIXED_BYTES] = { 0, 0, DNS_TYPE_OPT };
+	size_t s, e;
+
+	put16(opt + 3, UDP_ADVERTISE_BYTES);
+	if (client_opt && dns_find_opt(m, len, qend, &s, &e) == 1)
+		memcpy(opt + 5, m + s + 5, 4);	/* extended RCODE, DO bit */
+	m[2] |= DNS_FLAG_TC;
+	put16(m + 6, 0);
+	put16(m + 8, 0);
+	put16(m + 10, client_opt ? 1 : 0);
+	if (!client_opt)
+		return qend;
+	memcpy(m + qend, opt, sizeof opt);
+	return qend + sizeof opt;
+}
+
+/*
+ * Builds an error answer (FORMERR, SERVFAIL, NOTIMP) to a query: the
+ * query's header flags (RD, CD, opcode) and, when qend != 0, its
+ * question, plus an OPT record if the client sent one. out MUST hold
+ * qend + DNS_OPT_FIXED_BYTES + DNS_HEADER_BYTES bytes. Returns the length.
+ */
+static size_t
+dns_make_error(unsigned char *out, const unsigned char *query, size_t qend,
+    uint16_t id, int client_opt, int rcode)
+{
+	size_t len = qend ? qend : DNS_HEADER_BYTES;
+
+	memcpy(out, query, len);
+	put16(out, id);
+	out[2] = (unsigned char)(DNS_FLAG_QR | (query[2] & 0x79));
+	out[3] = (unsigned char)(DNS_FLAG_RA | (query[3] & DNS_FLAG_CD) |
+	    (rcode & 0x0F));
+	put16(out + 4, qend ? 1 : 0);
+	put16(out + 6, 0);
+	put16(out + 8, 0);
+	put16(out + 10, 0);
+	if (client_opt && qend) {
+		unsigned char *o = out + len;
+
+		memset(o, 0, DNS_OPT_FIXED_BYTES);
+		o[2] = DNS_TYPE_OPT;
+		put16(o + 3, UDP_ADVERTISE_BYTES);
+		put16(out + 10, 1);
+		len += DNS_OPT_FIXED_BYTES;
+	}
+	return len;
+}
+
+/*
+ * Prepares an upstream's answer for its client, in place: the client's
+ * ID, the client's spelling of the question (the names are equal but for
+ * case), no OPT if the client sent none, and TC truncation for UDP when
+ * udp_limit != 0. Returns the new length, or 0 if the answer is malformed.
+ */
+static size_t
+dns_answer_for_client(unsigned char *m, size_t len, const unsigned char *query,
+    size_t qend, uint16_t client_id, int client_opt, size_t udp_limit)
+{
+	put16(m, client_id);
+	memcpy(m + 2 + 2 + 8, query + DNS_HEADER_BYTES,
+	    qend - DNS_HEADER_BYTES);
+	if (!client_opt && get16(m + 10) != 0) {
+		len = dns_strip_opt(m, len, qend);
+		if (len == 0)
+			return 0;
+	}
+	if (udp_limit && len > udp_limit)
+		len = dns_truncate(m, len, qend, client_opt);
+	return len;
+}
+
+/* ==== anchors: trust anchors ========================================== */
+/*
+ * anchors.inc is generated, do not edit: the build runs `brssl ta` on
+ * anchors.pem (or on ANCHORS=file) and it defines TAs[] and TAs_NUM.
+ * --ca-file replaces them at start-up with roots read from a PEM file;
+ * that is the only place the proxy allocates, and only before the loop.
+ */
+#include "anchors.inc"
+
+struct byte_buf {
+	unsigned char *data;
+	size_t len, cap;
+};
+
+static void
+anchors_buf_append(void *ctx, const void *data, size_t len)
+{
+	struct byte_buf *b = ctx;
+
+	if (b->len + len > b->cap) {
+		size_t cap = (b->len + len) * 2;
+		unsigned char *p = realloc(b->data, cap);
+
+		if (p == NULL)
+			die("out of memory reading trust anchors");
+		b->data = p;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, data, len);
+	b->len += len;
+}
+
+static void *
+anchors_dup(const void *src, size_t len)
+{
+	void *p = malloc(len ? len : 1);
+
+	if (p == NULL)
+		die("out of memory reading trust anchors");
+	memcpy(p, src, len);
+	return p;
+}
+
+/*
+ * Turns one DER certificate into a trust anchor, as `brssl ta` does: a
+ * CA certificate anchors chains, any other is trusted directly. Returns
+ * 0, or a BearSSL X.509 error code.
+ */
+static int
+anchors_from_der(const unsigned char *der, size_t len,
+    br_x509_trust_anchor *ta)
+{
+	br_x509_decoder_context dc;
+	struct byte_buf dn = { 0 };
+	br_x509_pkey *pk;
+	int err;
+
+	br_x509_decoder_init(&dc, anchors_buf_append, &dn);
+	br_x509_decoder_push(&dc, der, len);
+	pk = br_x509_decoder_get_pkey(&dc);
+	if (pk == NULL) {
+		err = br_x509_decoder_last_error(&dc);
+		free(dn.data);
+		return err ? err : BR_ERR_X509_INVALID_VALUE;
+	}
+	memset(ta, 0, sizeof *ta);
+	ta->dn.data = dn.data;
+	ta->dn.len = dn.len;
+	ta->flags = br_x509_decoder_isCA(&dc) ? BR_X509_TA_CA : 0;
+	ta->pkey.key_type = pk->key_type;
+	if (pk->key_type == BR_KEYTYPE_RSA) {
+		ta->pkey.key.rsa.n = anchors_dup(pk->key.rsa.n, pk->key.rsa.nlen);
+		ta->pkey.key.rsa.nlen = pk->key.rsa.nlen;
+		ta->pkey.key.rsa.e = anchors_dup(pk->key.rsa.e, pk->key.rsa.elen);
+		ta->pkey.key.rsa.elen = pk->key.rsa.elen;
+	} else if (pk->key_type == BR_KEYTYPE_EC) {
+		ta->pkey.key.ec.curve = pk->key.ec.curve;
+		ta->pkey.key.ec.q = anchors_dup(pk->key.ec.q, pk->key.ec.qlen);
+		ta->pkey.key.ec.qlen = pk->key.ec.qlen;
+	} else {
+		free(dn.data);
+		return BR_ERR_X509_UNSUPPORTED;
+	}
+	return 0;
+}
+
+/*
+ * Loads every certificate of a PEM file as a trust anchor (start-up
+ * only; fatal on any error, naming the file). Replaces the compiled-in
+ * set.
+ */
+static void
+anchors_load_file(const char *path)
+{
+	static const char nl = '\n';
+	br_pem_decoder_context pc;
+	struct byte_buf file = { 0 }, der = { 0 };
+	br_x509_trust_anchor *tas = NULL;
+	size_t n_tas = 0, off = 0;
+	int in_cert = 0, fed_nl = 0;
+	char ebuf[64];
+	FILE *f;
+
+	f = fopen(path, "rb");
+	if (f == NULL)
+		die("cannot read --ca-file '%s': %s", path, strerror(errno));
+	for (;;) {
+		unsigned char chunk[4096];
+		size_t n = fread(chunk, 1, sizeof chunk, f);
+
+		if (n == 0)
+			break;
+		anchors_buf_append(&file, chunk, n);
+	}
+	if (ferror(f))
+		die("cannot read --ca-file '%s': %s", path, strerror(errno));
+	fclose(f);
+
+	br_pem_decoder_init(&pc);
+	/* A final newline is fed in case the file lacks one (as brssl). */
+	while (off < file.len || !fed_nl) {
+		const void *src = off < file.len ?
+		    (const void *)(file.data + off) : (const void *)&nl;
+		size_t left = off < file.len ? file.len - off : 1;
+		size_t used = br_pem_decoder_push(&pc, src, left);
+
+		if (off < file.len)
+			off += used;
+		else if (used)
+			fed_nl = 1;
+		switch (br_pem_decoder_event(&pc)) {
+		case BR_PEM_BEGIN_OBJ:
+			in_cert = strcmp(br_pem_decoder_name(&pc),
+			    "CERTIFICATE") == 0 || strcmp(br_pem_decoder_name(
+			    &pc), "X509 CERTIFICATE") == 0;
+			der.len = 0;
+			br_pem_decoder_setdest(&pc,
+			    in_cert ? anchors_buf_append : NULL,
+			    in_cert ? &der : NULL);
+			break;
+		case BR_PEM_END_OBJ:
+			if (!in_cert)
+				break;
+			tas = realloc(tas, (n_tas + 1) * sizeof *tas);
+			if (tas == NULL)
+				die("out of memory reading trust anchors");
+			{
+				int err = anchors_from_der(der.data, der.len,
+				    &tas[n_tas]);
+
+				if (err)
+					die("--ca-file '%s': certificate %zu: "
+					    "%s", path, n_tas + 1,
+					    util_br_error_name(err, ebuf,
+					    sizeof ebuf));
+			}
+			n_tas++;
+			in_cert = 0;
+			break;
+		case BR_PEM_ERROR:
+			die("--ca-file '%s': not a valid PEM file", path);
+		default:
+			break;
+		}
+	}
+	free(file.data);
+	free(der.data);
+	if (n_tas == 0)
+		die("--ca-file '%s': no certificate found", path);
+	g.tas = tas;
+	g.n_tas = n_tas;
+}
+
+/* ==== pending: the pending-query table ================================ */
+/*
+ * Owns g.pending, the free stack and the age list. A slot's upstream ID
+ * is ((gen << PENDING_SLOT_BITS) | slot) ^ key, where key is chosen per
+ * connection: unique on the connection by construction (one slot, one
+ * ID), found again in O(1), and an answer to a slot's previous use does
+ * not match its new generation.
+ */
+
+static void
+pending_init(void)
+{
+	uint16_t gens[MAX_PENDING];
+	int i;
+
+	if (util_random(gens, sizeof gens) < 0)
+		die("getrandom failed: %s", strerror(errno));
+	g.n_free = 0;
+	for (i = MAX_PENDING - 1; i >= 0; i--) {
+		g.pending[i].state = PENDING_FREE;
+		g.pending[i].gen = gens[i];
+		g.free_stack[g.n_free++] = i;
+	}
+	g.age_head = g.age_tail = -1;
+}
+
+/* Takes a free slot, puts it last on the age list. Returns -1 if full. */
+static int
+pending_alloc(void)
+{
+	struct pending_query *p;
+	int slot;
+
+	if (g.n_free == 0)
+		return -1;
+	slot = g.free_stack[--g.n_free];
+	p = &g.pending[slot];
+	p->state = PENDING_QUEUED;
+	p->attempts = 0;
+	p->next = -1;
+	p->deadline_ms = g.now_ms + g.query_timeout_ms;
+	p->age_next = -1;
+	p->age_prev = g.age_tail;
+	if (g.age_tail >= 0)
+		g.pending[g.age_tail].age_next = slot;
+	else
+		g.age_head = slot;
+	g.age_tail = slot;
+	return slot;
+}
+
+/* Returns a slot to the free stack. The caller MUST have unlinked it
+ * from any upstream queue and fixed the upstream's inflight count. */
+static void
+pending_free(int slot)
+{
+	struct pending_query *p = &g.pending[slot];
+
+	if (p->age_prev >= 0)
+		g.pending[p->age_prev].age_next = p->age_next;
+	else
+		g.age_head = p->age_next;
+	if (p->age_next >= 0)
+		g.pending[p->age_next].age_prev = p->age_prev;
+	else
+		g.age_tail = p->age_prev;
+	p->state = PENDING_FREE;
+	p->gen++;
+	g.free_stack[g.n_free++] = slot;
+}
+
+static uint16_t
+pending_make_id(int slot, uint16_t key)
+{
+	return (uint16_t)(((unsigned)g.pending[slot].gen << PENDING_SLOT_BITS |
+	    (unsigned)slot) ^ key);
+}
+
+/* Finds the SENT slot that owns an upstream ID, or returns -1. */
+static int
+pending_find(size_t upstream, uint16_t key, uint16_t id)
+{
+	int slot = (id ^ key) & (MAX_PENDING - 1);
+	struct pending_query *p = &g.pending[slot];
+
+	if (p->state != PENDING_SENT || p->upstream != upstream ||
+	    p->up_id != id)
+		return -1;
+	return slot;
+}
+
+/* ==== forward declarations ============================================ */
+/*
+ * The query section comes after upstream, client and udp (it is the only
+ * code that knows where an answer goes); they call into it through these.
+ */
+static void query_deliver(int slot, unsigned char *msg, size_t len);
+static void query_fail(int slot, int rcode);
+static void query_receive(const unsigned char *msg, size_t len,
+    const struct origin *from);
+
+/* ==== upstream: TLS connections to resolvers ========================== */
+/*
+ * Owns struct upstream. One persistent TLS connection per upstream; the
+ * list is an order of preference. Engine pump (see STYLE): drain RECVAPP,
+ * inject every queued query while SENDAPP, one flush; interest comes from
+ * a fresh engine state; after select() send first, then receive.
+ *
+ * Failures (connect, handshake, TLS or protocol errors, timeouts) put the
+ * upstream in BACKOFF and are logged once per distinct reason. A close by
+ * the server is normal: the connection is made again when needed, and
+ * queries that were in flight on it are sent again (RFC 7858 3.4).
+ */
+
+#define UPSTREAM_ERR_ERRNO	10000	/* + errno */
+#define UPSTREAM_ERR_TIMEOUT	20001
+#define UPSTREAM_ERR_EOF	20002
+#define UPSTREAM_ERR_PROTOCOL	20003
+
+static const uint16_t upstream_suites[] = {
+	/* AES-GCM first: AES-NI makes it the cheapest on x86 and ARMv8;
+	 * the server picks anyway. All ECDHE (forward secrecy), all AEAD. */
+	BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+	BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+};
+
+static const char *upstream_alpn[] = { "dot" };	/* RFC 7858 */
+
+static const char *const upstream_state_names[] = {
+	"disconnected", "connecting", "handshaking", "ready", "closing",
+	"backoff",
+};
+
+static size_t
+upstream_index(const struct upstream *u)
+{
+	return (size_t)(u - g.upstreams);
+}
+
+/*
+ * Configures a client context once, at start-up: TLS 1.2 only, the
+ * suites above, and only the algorithms they and X.509 chains need (this
+ * is what keeps the binary small).
+ */
+static void
+upstream_tls_init(struct upstream *u)
+{
+	static const br_hash_class *const hashes[] = {
+		&br_sha256_vtable, &br_sha384_vtable, &br_sha512_vtable,
+	};
+	br_ssl_engine_context *eng = &u->sc.eng;
+	size_t i;
+
+	br_ssl_client_zero(&u->sc);
+	br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
+	br_ssl_engine_set_suites(eng, upstream_suites,
+	    sizeof upstream_suites / sizeof upstream_suites[0]);
+	br_x509_minimal_init(&u->xc, &br_sha256_vtable, g.tas, g.n_tas);
+	for (i = 0; i < sizeof hashes / sizeof hashes[0]; i++) {
+		int id = (int)(hashes[i]->desc >> BR_HASHDESC_ID_OFF &
+		    BR_HASHDESC_ID_MASK);
+
+		br_ssl_engine_set_hash(eng, id, hashes[i]);
+		br_x509_minimal_set_hash(&u->xc, id, hashes[i]);
+	}
+	br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
+	br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
+	br_ssl_engine_set_default_aes_gcm(eng);
+	br_ssl_engine_set_default_chapol(eng);
+	br_ssl_engine_set_ec(eng, &br_ec_all_m31);
+	br_ssl_engine_set_rsavrfy(eng, &br_rsa_i31_pkcs1_vrfy);
+	br_ssl_engine_set_ecdsa(eng, &br_ecdsa_i31_vrfy_asn1);
+	br_x509_minimal_set_rsa(&u->xc, &br_rsa_i31_pkcs1_vrfy);
+	br_x509_minimal_set_ecdsa(&u->xc, &br_ec_all_m31,
+	    &br_ecdsa_i31_vrfy_asn1);
+	br_ssl_engine_set_x509(eng, &u->xc.vtable);
+	br_ssl_engine_set_buffer(eng, u->iobuf, sizeof u->iobuf, 1);
+	br_ssl_engine_set_protocol_names(eng, upstream_alpn, 1);
+	br_ssl_engine_add_flags(eng, BR_OPT_NO_RENEGOTIATION);
+	u->fd = -1;
+	u->queue_head = u->queue_tail = -1;
+	u->backoff_ms = BACKOFF_MIN_MS;
+	u->state = UPSTREAM_DISCONNECTED;
+}
+
+/* The only writer of u->state: logs the change and arms deadlines. */
+static void
+upstream_set_state(struct upstream *u, enum upstream_state st)
+{
+	log_debug("upstream %s: %s -> %s", u->label,
+	    upstream_state_names[u->state], upstream_state_names[st]);
+	switch (st) {
+	case UPSTREAM_CONNECTING:
+		u->deadline_ms = g.now_ms + HANDSHAKE_TIMEOUT_MS;
+		break;
+	case UPSTREAM_CLOSING:
+		u->deadline_ms = g.now_ms + CLOSE_TIMEOUT_MS;
+		break;
+	case UPSTREAM_READY:
+		u->backoff_ms = BACKOFF_MIN_MS;
+		u->idle_since_ms = g.now_ms;
+		break;
+	case UPSTREAM_BACKOFF:
+		u->retry_at_ms = g.now_ms + u->backoff_ms;
+		u->backoff_ms = u->backoff_ms * 2 > BACKOFF_MAX_MS ?
+		    BACKOFF_MAX_MS : u->backoff_ms * 2;
+		break;
+	case UPSTREAM_DISCONNECTED:
+	case UPSTREAM_HANDSHAKING:
+		break;
+	}
+	u->state = st;
+}
+
+/* Returns the first upstream (in preference order) that may be used, or
+ * -1 if every one is backing off. */
+static int
+upstream_pick(void)
+{
+	size_t i;
+
+	for (i = 0; i < g.n_upstreams; i++)
+		if (g.upstreams[i].state != UPSTREAM_BACKOFF)
+			return (int)i;
+	return -1;
+}
+
+static int upstream_connect(struct upstream *u);
+
+/* Appends a pending slot to an upstream's FIFO; connects if needed. */
+static void
+upstream_enqueue(struct upstream *u, int slot)
+{
+	struct pending_query *p = &g.pending[slot];
+
+	p->state = PENDING_QUEUED;
+	p->upstream = (uint8_t)upstream_index(u);
+	p->next = -1;
+	if (u->queue_tail >= 0)
+		g.pending[u->queue_tail].next = slot;
+	else
+		u->queue_head = slot;
+	u->queue_tail = slot;
+	if (u->state == UPSTREAM_DISCONNECTED)
+		upstream_connect(u);
+}
+
+/* Detaches a slot from its upstream (queue or in-flight count) so that
+ * the query section can answer it and free it. */
+static void
+upstream_detach(int slot)
+{
+	struct pending_query *p = &g.pending[slot];
+	struct upstream *u = &g.upstreams[p->upstream];
+	int prev = -1, cur;
+
+	if (p->state == PENDING_SENT) {
+		u->inflight--;
+		return;
+	}
+	for (cur = u->queue_head; cur >= 0; prev = cur,
+	    cur = g.pending[cur].next) {
+		if (cur != slot)
+			continue;
+		if (prev >= 0)
+			g.pending[prev].next = p->next;
+		else
+			u->queue_head = p->next;
+		if (u->queue_tail == slot)
+			u->queue_tail = prev;
+		return;
+	}
+}
+
+/*
+ * Closes the socket and puts every query that was in flight on it back
+ * at the head of the queue, or answers SERVFAIL to those that have used
+ * their MAX_ATTEMPTS.
+ */
+static void
+upstream_teardown(struct upstream *u)
+{
+	size_t idx = upstream_index(u);
+	int slot;
+
+	if (u->fd >= 0)
+		close(u->fd);
+	u->fd = -1;
+	u->rlen = 0;
+	for (slot = MAX_PENDING - 1; slot >= 0; slot--) {
+		struct pending_query *p = &g.pending[slot];
+
+		if (p->state != PENDING_SENT || p->upstream != idx)
+			continue;
+		u->inflight--;
+		if (p->attempts >= MAX_ATTEMPTS) {
+			query_fail(slot, DNS_RCODE_SERVFAIL);
+			continue;
+		}
+		p->state = PENDING_QUEUED;
+		p->next = u->queue_head;
+		u->queue_head = slot;
+		if (u->queue_tail < 0)
+			u->queue_tail = slot;
+	}
+}
+
+/* Moves the queue of a failed upstream to the next usable one, or
+ * answers SERVFAIL when none is left. */
+static void
+upstream_migrate_queue(struct upstream *u)
+{
+	while (u->queue_head >= 0) {
+		int slot = u->queue_head, to;
+
+		u->queue_head = g.pending[slot].next;
+		if (u->queue_head < 0)
+			u->queue_tail = -1;
+		to = upstream_pick();
+		if (to >= 0)
+			upstream_enqueue(&g.upstreams[to], slot);
+		else
+			query_fail(slot, DNS_RCODE_SERVFAIL);
+	}
+}
+
+/*
+ * A failure: logged once per distinct reason (a repeat goes to debug),
+ * connection torn down, upstream in BACKOFF, its queries moved on.
+ */
+static void
+upstream_fail(struct upstream *u, int code, const char *what)
+{
+	if (code != u->last_err)
+		log_warn("upstream %s: %s", u->label, what);
+	else
+		log_debug("upstream %s: %s (again)", u->label, what);
+	u->last_err = code;
+	u->n_failures++;
+	upstream_teardown(u);
+	upstream_set_state(u, UPSTREAM_BACKOFF);
+	upstream_migrate_queue(u);
+}
+
+static void
+upstream_fail_errno(struct upstream *u, const char *what, int err)
+{
+	char buf[128];
+
+	snprintf(buf, sizeof buf, "%s: %s", what, strerror(err));
+	upstream_fail(u, UPSTREAM_ERR_ERRNO + err, buf);
+}
+
+/* A connection closed on purpose (by the server, or by us when idle):
+ * not a failure. Reconnects at once if queries are waiting. */
+static void
+upstream_closed(struct upstream *u, const char *why)
+{
+	log_debug("upstream %s: %s", u->label, why);
+	upstream_teardown(u);
+	upstream_set_state(u, UPSTREAM_DISCONNECTED);
+	if (u->queue_head >= 0)
+		upstream_connect(u);
+}
+
+/*
+ * Starts a non-blocking connection and a TLS handshake (resuming the
+ * last session when the server allows it). Returns 0, or -1 after
+ * upstream_fail().
+ */
+static int
+upstream_connect(struct upstream *u)
+{
+	unsigned char seed[32];
+	int fd, one = 1;
+
+	if (util_random(seed, sizeof seed) < 0 ||
+	    util_random(&u->id_key, sizeof u->id_key) < 0) {
+		upstream_fail_errno(u, "getrandom failed", errno);
+		return -1;
+	}
+	br_ssl_engine_inject_entropy(&u->sc.eng, seed, sizeof seed);
+	if (!br_ssl_client_reset(&u->sc, u->name, 1)) {
+		char ebuf[64];
+
+		upstream_fail(u, br_ssl_engine_last_error(&u->sc.eng),
+		    util_br_error_name(br_ssl_engine_last_error(&u->sc.eng),
+		    ebuf, sizeof ebuf));
+		return -1;
+	}
+	fd = socket(u->addr.sa.sa_family,
+	    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		upstream_fail_errno(u, "socket failed", errno);
+		return -1;
+	}
+	if (fd >= FD_SETSIZE) {
+		close(fd);
+		upstream_fail_errno(u, "socket failed", EMFILE);
+		return -1;
+	}
+	/* Queries are small and latency matters: no Nagle delay. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	u->fd = fd;
+	u->rlen = 0;
+	u->n_connects++;
+	upstream_set_state(u, UPSTREAM_CONNECTING);
+	if (connect(fd, &u->addr.sa, u->addrlen) == 0) {
+		upstream_set_state(u, UPSTREAM_HANDSHAKING);
+		return 0;
+	}
+	if (errno == EINPROGRESS || errno == EINTR)
+		return 0;
+	upstream_fail_errno(u, "connect failed", errno);
+	return -1;
+}
+
+/* Sends what the engine has for the peer. Returns 0, or -1 if the
+ * upstream was torn down. */
+static int
+upstream_send(struct upstream *u)
+{
+	br_ssl_engine_context *eng = &u->sc.eng;
+	unsigned char *buf;
+	size_t len;
+
+	while ((buf = br_ssl_engine_sendrec_buf(eng, &len)) != NULL) {
+		ssize_t n = send(u->fd, buf, len, MSG_NOSIGNAL);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return 0;
+			upstream_fail_errno(u, "send failed", errno);
+			return -1;
+		}
+		br_ssl_engine_sendrec_ack(eng, (size_t)n);
+	}
+	return 0;
+}
+
+/* One answer from the stream: matched by ID and question, or dropped.
+ * Returns 0, or -1 if the upstream was torn down. */
+static int
+upstream_on_answer(struct upstream *u, unsigned char *m, size_t len)
+{
+	struct pending_query *p;
+	size_t qend;
+	int slot;
+
+	if (len < DNS_HEADER_BYTES) {
+		upstream_fail(u, UPSTREAM_ERR_PROTOCOL,
+		    "protocol error: message shorter than a DNS header");
+		return -1;
+	}
+	u->idle_since_ms = g.now_ms;
+	slot = pending_find(upstream_index(u), u->id_key, get16(m));
+	if (slot < 0) {
+		log_debug("upstream %s: answer with unknown ID %u dropped",
+		    u->label, get16(m));
+		return 0;
+	}
+	p = &g.pending[slot];
+	qend = dns_parse_answer(m, len);
+	upstream_detach(slot);
+	if (qend == 0 || !dns_question_equal(m, qend, p->query, p->qend)) {
+		if (ratelimit_ok(&g.rl_mismatch))
+			log_warn("upstream %s: answer does not match its "
+			    "question; client gets SERVFAIL", u->label);
+		query_fail(slot, DNS_RCODE_SERVFAIL);
+		return 0;
+	}
+	query_deliver(slot, m, len);
+	return 0;
+}
+
+/* Splits the decrypted stream into length-prefixed messages (RFC 7858
+ * 3.3, RFC 1035 4.2.2). Returns 0, or -1 if the upstream was torn down. */
+static int
+upstream_parse_stream(struct upstream *u)
+{
+	size_t off = 0;
+
+	while (u->rlen - off >= 2) {
+		size_t mlen = get16(u->rbuf + off);
+
+		if (u->rlen - off < 2 + mlen)
+			break;
+		if (upstream_on_answer(u, u->rbuf + off + 2, mlen) < 0)
+			return -1;
+		off += 2 + mlen;
+	}
+	/* Only the incomplete tail moves, never more than one message. */
+	if (off > 0) {
+		memmove(u->rbuf, u->rbuf + off, u->rlen - off);
+		u->rlen -= off;
+	}
+	return 0;
+}
+
+/*
+ * Copies every queued query that fits into the engine, then flushes once,
+ * so that queries ready in the same pass share a TLS record.
+ */
+static void
+upstream_inject(struct upstream *u)
+{
+	br_ssl_engine_context *eng = &u->sc.eng;
+	int injected = 0;
+
+	while (u->queue_head >= 0) {
+		int slot = u->queue_head;
+		struct pending_query *p = &g.pending[slot];
+		size_t avail;
+		unsigned char *buf = br_ssl_engine_sendapp_buf(eng, &avail);
+
+		if (buf == NULL)
+			break;
+		if (avail < 2u + p->qlen) {
+			/* The record is full: send it; the rest goes in the
+			 * next pass (an empty record holds 16 KB). */
+			br_ssl_engine_flush(eng, 0);
+			injected = 0;
+			break;
+		}
+		p->up_id = pending_make_id(slot, u->id_key);
+		put16(p->query, p->up_id);
+		put16(buf, p->qlen);
+		memcpy(buf + 2, p->query, p->qlen);
+		br_ssl_engine_sendapp_ack(eng, 2u + p->qlen);
+		u->queue_head = p->next;
+		if (u->queue_head < 0)
+			u->queue_tail = -1;
+		p->state = PENDING_SENT;
+		p->attempts++;
+		u->inflight++;
+		u->n_queries++;
+		injected = 1;
+	}
+	if (injected) {
+		br_ssl_engine_flush(eng, 0);
+		u->idle_since_ms = g.now_ms;
+	}
+}
+
+/*
+ * Runs the engine without system calls until nothing changes, then sends
+ * what it produced. Called after every I/O event and once per loop pass.
+ */
+static void
+upstream_pump(struct upstream *u)
+{
+	br_ssl_engine_context *eng = &u->sc.eng;
+
+	for (;;) {
+		unsigned st = br_ssl_engine_current_state(eng);
+		unsigned char *buf;
+		size_t len;
+
+		if (st & BR_SSL_CLOSED) {
+			int err = br_ssl_engine_last_error(eng);
+			char ebuf[64], what[128];
+
+			if (err == BR_ERR_OK) {
+				upstream_closed(u, u->state == UPSTREAM_CLOSING
+				    ? "closed" : "closed by the server");
+				return;
+			}
+			snprintf(what, sizeof what, "%s failed: %s",
+			    u->state == UPSTREAM_READY ? "TLS" : "handshake",
+			    util_br_error_name(err, ebuf, sizeof ebuf));
+			upstream_fail(u, err, what);
+			return;
+		}
+		if ((st & BR_SSL_SENDAPP) &&
+		    u->state == UPSTREAM_HANDSHAKING) {
+			if (u->last_err != 0)
+				log_info("upstream %s: connected again",
+				    u->label);
+			else
+				log_debug("upstream %s: connected", u->label);
+			u->last_err = 0;
+			upstream_set_state(u, UPSTREAM_READY);
+		}
+		buf = br_ssl_engine_recvapp_buf(eng, &len);
+		if (buf != NULL) {
+			size_t room = sizeof u->rbuf - u->rlen;
+
+			if (len > room)
+				len = room;
+			memcpy(u->rbuf + u->rlen, buf, len);
+			u->rlen += len;
+			br_ssl_engine_recvapp_ack(eng, len);
+			if (upstream_parse_stream(u) < 0)
+				return;
+			continue;
+		}
+		if (u->state == UPSTREAM_READY && u->queue_head >= 0 &&
+		    (st & BR_SSL_SENDAPP)) {
+			size_t before = u->inflight;
+
+			upstream_inject(u);
+			if (u->inflight != before)
+				continue;
+		}
+		break;
+	}
+	if (br_ssl_engine_current_state(eng) & BR_SSL_SENDREC)
+		upstream_send(u);
+}
+
+static void
+upstream_on_writable(struct upstream *u)
+{
+	if (u->state == UPSTREAM_CONNECTING) {
+		int err = 0;
+		socklen_t len = sizeof err;
+
+		if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+			err = errno;
+		if (err != 0) {
+			upstream_fail_errno(u, "connect failed", err);
+			return;
+		}
+		upstream_set_state(u, UPSTREAM_HANDSHAKING);
+	}
+	if (upstream_send(u) == 0)
+		upstream_pump(u);
+}
+
+static void
+upstream_on_readable(struct upstream *u)
+{
+	br_ssl_engine_context *eng = &u->sc.eng;
+	unsigned char *buf;
+	size_t len;
+	ssize_t n;
+
+	if (u->state == UPSTREAM_CONNECTING)
+		return;
+	buf = br_ssl_engine_recvrec_buf(eng, &len);
+	if (buf == NULL)
+		return;
+	n = recv(u->fd, buf, len, 0);
+	if (n < 0) {
+		if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+			return;
+		upstream_fail_errno(u, "receive failed", errno);
+		return;
+	}
+	if (n == 0) {
+		/* EOF without close_notify. After the handshake this is how
+		 * most servers end an idle connection: not a failure. */
+		if (u->state == UPSTREAM_HANDSHAKING)
+			upstream_fail(u, UPSTREAM_ERR_EOF, "handshake failed: "
+			    "connection closed by the server");
+		else
+			upstream_closed(u, "closed by the server");
+		return;
+	}
+	br_ssl_engine_recvrec_ack(eng, (size_t)n);
+	upstream_pump(u);
+}
+
+/* Deadlines of one upstream: handshake, idle close, close, backoff. */
+static void
+upstream_timers(struct upstream *u)
+{
+	switch (u->state) {
+	case UPSTREAM_CONNECTING:
+	case UPSTREAM_HANDSHAKING:
+		if (g.now_ms >= u->deadline_ms)
+			upstream_fail(u, UPSTREAM_ERR_TIMEOUT,
+			    u->state == UPSTREAM_CONNECTING ?
+			    "connect timed out" : "handshake timed out");
+		break;
+	case UPSTREAM_READY:
+		if (u->inflight == 0 && u->queue_head < 0 &&
+		    g.now_ms - u->idle_since_ms >= UPSTREAM_IDLE_MS) {
+			/* Close before the server does, so a query never
+			 * races a server-side close (stubby#346). */
+			br_ssl_engine_close(&u->sc.eng);
+			upstream_set_state(u, UPSTREAM_CLOSING);
+			upstream_pump(u);
+		}
+		break;
+	case UPSTREAM_CLOSING:
+		if (g.now_ms >= u->deadline_ms)
+			upstream_closed(u, "closed (close_notify timed out)");
+		break;
+	case UPSTREAM_BACKOFF:
+		if (g.now_ms >= u->retry_at_ms)
+			upstream_set_state(u, UPSTREAM_DISCONNECTED);
+		break;
+	case UPSTREAM_DISCONNECTED:
+		break;
+	}
+}
+
+/* Earliest deadline of an upstream, or INT64_MAX. */
+static int64_t
+upstream_next_deadline(const struct upstream *u)
+{
+	switch (u->state) {
+	case UPSTREAM_CONNECTING:
+	case UPSTREAM_HANDSHAKING:
+	case UPSTREAM_CLOSING:
+		return u->deadline_ms;
+	case UPSTREAM_READY:
+		return u->idle_since_ms + UPSTREAM_IDLE_MS;
+	case UPSTREAM_BACKOFF:
+		return u->retry_at_ms;
+	case UPSTREAM_DISCONNECTED:
+		break;
+	}
+	return INT64_MAX;
+}
+
+/* Adds the upstream's socket to the fd sets, from a fresh engine state. */
+static void
+upstream_want(struct upstream *u, fd_set *rd, fd_set *wr, int *maxfd)
+{
+	unsigned st;
+
+	if (u->fd < 0)
+		return;
+	if (u->state == UPSTREAM_CONNECTING) {
+		FD_SET(u->fd, wr);
+	} else {
+		st = br_ssl_engine_current_state(&u->sc.eng);
+		if (st & BR_SSL_SENDREC)
+			FD_SET(u->fd, wr);
+		if (st & BR_SSL_RECVREC)
+			FD_SET(u->fd, rd);
+	}
+	if (u->fd > *maxfd)
+		*maxfd = u->fd;
+}
+
+/* At exit: close_notify if it can go out at once, then close. */
+static void
+upstream_shutdown(struct upstream *u)
+{
+	if (u->fd < 0)
+		return;
+	if (u->state == UPSTREAM_READY) {
+		br_ssl_engine_close(&u->sc.eng);
+		upstream_send(u);
+	}
+	if (u->fd >= 0)
+		close(u->fd);
+	u->fd = -1;
+}
+
+/* ==== client: TCP client connections ================================== */
+/*
+ * Owns g.clients. RFC 7766: 2-byte length framing, many queries per
+ * connection, answers in whatever order they come. An answer is sent
+ * straight from the upstream's buffer when the socket takes it; only what
+ * the socket refuses is copied into the client's output buffer.
+ */
+
+static void
+client_close(struct client_conn *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->state = CLIENT_FREE;
+	c->gen++;		/* answers still in flight will not match */
+	c->inflight = 0;
+	c->in_len = 0;
+	c->out_off = c->out_len = 0;
+}
+
+/* Returns 1 if a client has nothing in flight and nothing to send. */
+static int
+client_is_idle(const struct client_conn *c)
+{
+	return c->inflight == 0 && c->out_len == c->out_off;
+}
+
+/*
+ * Accepts one connection. When every slot is taken, the longest idle
+ * connection is closed to make room (RFC 7766 6.2.3); if none is idle,
+ * the new one is refused.
+ */
+static void
+client_accept(int lfd)
+{
+	struct client_conn *c = NULL, *oldest = NULL;
+	size_t i;
+	int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+	if (fd < 0)
+		return;		/* EAGAIN, or the client already left */
+	if (fd >= FD_SETSIZE) {
+		close(fd);
+		return;
+	}
+	for (i = 0; i < MAX_TCP_CLIENTS && c == NULL; i++) {
+		struct client_conn *x = &g.clients[i];
+
+		if (x->state == CLIENT_FREE)
+			c = x;
+		else if (client_is_idle(x) && (oldest == NULL ||
+		    x->last_active_ms < oldest->last_active_ms))
+			oldest = x;
+	}
+	if (c == NULL && oldest != NULL) {
+		client_close(oldest);
+		c = oldest;
+	}
+	if (c == NULL) {
+		if (ratelimit_ok(&g.rl_clients_full))
+			log_warn("%d TCP clients, all busy: connection refused",
+			    MAX_TCP_CLIENTS);
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	c->state = CLIENT_READ_LEN;
+	c->inflight = 0;
+	c->in_len = 0;
+	c->out_off = c->out_len = 0;
+	c->last_active_ms = g.now_ms;
+}
+
+/*
+ * Queues one framed answer. Tries the socket first; keeps the rest. A
+ * client that lets more than CLIENT_OUT_BYTES pile up is closed.
+ */
+static void
+client_send_frame(struct client_conn *c, const unsigned char *msg, size_t len)
+{
+	unsigned char pfx[2];
+	size_t sent = 0, total = len + 2;
+
+	put16(pfx, (unsigned)len);
+	if (c->out_len == c->out_off) {
+		struct iovec iov[2] = {
+			{ pfx, 2 }, { (void *)msg, len },
+		};
+		struct msghdr mh = { 0 };
+		ssize_t n;
+
+		mh.msg_iov = iov;
+		mh.msg_iovlen = 2;
+		n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+		    errno != EINTR) {
+			client_close(c);
+			return;
+		}
+		if (n > 0) {
+			sent = (size_t)n;
+			c->last_active_ms = g.now_ms;
+		}
+		c->out_off = c->out_len = 0;
+		if (sent == total)
+			return;
+	}
+	if (c->out_off > 0 && c->out_len + total - sent > sizeof c->out) {
+		memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+		c->out_len -= c->out_off;
+		c->out_off = 0;
+	}
+	if (c->out_len + total - sent > sizeof c->out) {
+		log_debug("TCP client not reading its answers: closed");
+		client_close(c);
+		return;
+	}
+	if (sent < 2) {
+		memcpy(c->out + c->out_len, pfx + sent, 2 - sent);
+		c->out_len += 2 - sent;
+		sent = 2;
+	}
+	memcpy(c->out + c->out_len, msg + (sent - 2), total - sent);
+	c->out_len += total - sent;
+}
+
+static void
+client_on_writable(struct client_conn *c)
+{
+	ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
+	    MSG_NOSIGNAL);
+
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			client_close(c);
+		return;
+	}
+	c->out_off += (size_t)n;
+	c->last_active_ms = g.now_ms;
+	if (c->out_off == c->out_len)
+		c->out_off = c->out_len = 0;
+	if (c->state == CLIENT_EOF && client_is_idle(c))
+		client_close(c);
+}
+
+/*
+ * Reads what the socket has and hands every complete frame to the query
+ * section. A frame that cannot be a query (shorter than a header, longer
+ * than QUERY_MAX_BYTES) closes the connection: the stream cannot be
+ * trusted to be in sync after it.
+ */
+static void
+client_on_readable(struct client_conn *c)
+{
+	struct origin from = { 0 };
+	size_t off = 0;
+	ssize_t n;
+
+	n = recv(c->fd, c->in + c->in_len, sizeof c->in - c->in_len, 0);
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			client_close(c);
+		return;
+	}
+	if (n == 0) {
+		/* Half-close: answers still in flight are delivered. */
+		c->state = CLIENT_EOF;
+		if (client_is_idle(c))
+			client_close(c);
+		return;
+	}
+	c->in_len += (size_t)n;
+	c->last_active_ms = g.now_ms;
+	from.kind = ORIGIN_TCP;
+	from.slot = (int)(c - g.clients);
+	from.gen = c->gen;
+	while (c->in_len - off >= 2) {
+		size_t mlen = get16(c->in + off);
+
+		if (mlen < DNS_HEADER_BYTES || mlen > QUERY_MAX_BYTES) {
+			log_debug("TCP client sent a %zu-byte frame: closed",
+			    mlen);
+			client_close(c);
+			return;
+		}
+		if (c->in_len - off < 2 + mlen)
+			break;
+		c->inflight++;
+		query_receive(c->in + off + 2, mlen, &from);
+		if (c->state == CLIENT_FREE || c->gen != from.gen)
+			return;	/* closed while answering */
+		off += 2 + mlen;
+	}
+	memmove(c->in, c->in + off, c->in_len - off);
+	c->in_len -= off;
+	c->state = c->in_len >= 2 ? CLIENT_READ_MSG : CLIENT_READ_LEN;
+}
+
+/* Called when an answer (or error) for a TCP query is ready; msg == NULL
+ * means the query gets no answer at all. */
+static void
+client_answer(int slot, unsigned gen, const unsigned char *msg, size_t len)
+{
+	struct client_conn *c = &g.clients[slot];
+
+	if (c->state == CLIENT_FREE || c->gen != gen)
+		return;		/* the client left; drop the answer */
+	c->inflight--;
+	if (msg != NULL)
+		client_send_frame(c, msg, len);
+	if (c->state == CLIENT_EOF && c->fd >= 0 && client_is_idle(c))
+		client_close(c);
+}
+
+static void
+client_want(struct client_conn *c, fd_set *rd, fd_set *wr, int *maxfd)
+{
+	if (c->state == CLIENT_FREE)
+		return;
+	if (c->state != CLIENT_EOF && c->inflight < MAX_INFLIGHT_PER_CLIENT &&
+	    c->out_len - c->out_off < sizeof c->out / 2)
+		FD_SET(c->fd, rd);
+	if (c->out_len > c->out_off)
+		FD_SET(c->fd, wr);
+	if (c->fd > *maxfd)
+		*maxfd = c->fd;
+}
+
+/* Closes a connection idle for CLIENT_IDLE_MS, or one whose answers have
+ * not been read for as long. Waiting for an upstream is not idleness:
+ * the query timeout bounds that. */
+static void
+client_timers(struct client_conn *c)
+{
+	if (c->state == CLIENT_FREE)
+		return;
+	if (g.now_ms - c->last_active_ms < CLIENT_IDLE_MS)
+		return;
+	if (c->inflight == 0 || c->out_len > c->out_off) {
+		log_debug("TCP client idle: closed");
+		client_close(c);
+	}
+}
+
+/* ==== udp: UDP listeners ============================================== */
+/*
+ * Owns the UDP half of g.listeners. A listener bound to a wildcard
+ * address learns each query's destination (IP_PKTINFO) and answers from
+ * it, so a multi-homed host answers from the address it was asked on.
+ */
+
+static void
+udp_enable_pktinfo(int fd, int family)
+{
+	int one = 1;
+
+	if (family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
+	else
+		setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof one);
+}
+
+/* Sends one datagram to a UDP client; a full socket buffer drops it (the
+ * client retries, as it would after any loss). */
+static void
+udp_send(const struct origin *to, const unsigned char *msg, size_t len)
+{
+	union {
+		struct cmsghdr align;
+		unsigned char buf[CMSG_SPACE(sizeof(struct in6_pktinfo))];
+	} ctl;
+	struct iovec iov = { (void *)msg, len };
+	struct msghdr mh = { 0 };
+
+	mh.msg_name = (void *)&to->peer;
+	mh.msg_namelen = to->peerlen;
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	if (to->has_local) {
+		struct cmsghdr *cm;
+
+		memset(&ctl, 0, sizeof ctl);
+		mh.msg_control = ctl.buf;
+		cm = (struct cmsghdr *)ctl.buf;
+		if (to->local.sa.sa_family == AF_INET6) {
+			struct in6_pktinfo pi = { 0 };
+
+			pi.ipi6_addr = to->local.sin6.sin6_addr;
+			pi.ipi6_ifindex = to->local.sin6.sin6_scope_id;
+			cm->cmsg_level = IPPROTO_IPV6;
+			cm->cmsg_type = IPV6_PKTINFO;
+			cm->cmsg_len = CMSG_LEN(sizeof pi);
+			memcpy(CMSG_DATA(cm), &pi, sizeof pi);
+			mh.msg_controllen = CMSG_SPACE(sizeof pi);
+		} else {
+			struct in_pktinfo pi = { 0 };
+
+			pi.ipi_spec_dst = to->local.sin.sin_addr;
+			cm->cmsg_level = IPPROTO_IP;
+			cm->cmsg_type = IP_PKTINFO;
+			cm->cmsg_len = CMSG_LEN(sizeof pi);
+			memcpy(CMSG_DATA(cm), &pi, sizeof pi);
+			mh.msg_controllen = CMSG_SPACE(sizeof pi);
+		}
+	}
+	while (sendmsg(g.listeners[to->listener].udp_fd, &mh,
+	    MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno == EINTR)
+		;
+}
+
+/* Reads up to UDP_BATCH datagrams: one select() per packet would cap
+ * the rate at which a busy proxy can take queries. */
+static void
+udp_on_readable(size_t li)
+{
+	struct listener *l = &g.listeners[li];
+	int i;
+
+	for (i = 0; i < UDP_BATCH; i++) {
+		union {
+			struct cmsghdr align;
+			unsigned char buf[CMSG_SPACE(
+			    sizeof(struct in6_pktinfo)) + 64];
+		} ctl;
+		unsigned char msg[MSG_MAX_BYTES];
+		struct iovec iov = { msg, sizeof msg };
+		struct msghdr mh = { 0 };
+		struct origin from;
+		struct cmsghdr *cm;
+		ssize_t n;
+
+		memset(&from, 0, sizeof from);
+		mh.msg_name = &from.peer;
+		mh.msg_namelen = sizeof from.peer;
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = ctl.buf;
+		mh.msg_controllen = sizeof ctl.buf;
+		n = recvmsg(l->udp_fd, &mh, MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return;		/* EAGAIN: drained */
+		}
+		from.kind = ORIGIN_UDP;
+		from.listener = (int)li;
+		from.peerlen = mh.msg_namelen;
+		for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+			if (cm->cmsg_level == IPPROTO_IP &&
+			    cm->cmsg_type == IP_PKTINFO) {
+				struct in_pktinfo pi;
+
+				memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+				from.local.sin.sin_family = AF_INET;
+				from.local.sin.sin_addr = pi.ipi_addr;
+				from.has_local = 1;
+			} else if (cm->cmsg_level == IPPROTO_IPV6 &&
+			    cm->cmsg_type == IPV6_PKTINFO) {
+				struct in6_pktinfo pi;
+
+				memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+				from.local.sin6.sin6_family = AF_INET6;
+				from.local.sin6.sin6_addr = pi.ipi6_addr;
+				from.local.sin6.sin6_scope_id = pi.ipi6_ifindex;
+				from.has_local = 1;
+			}
+		}
+		query_receive(msg, (size_t)n, &from);
+	}
+}
+
+/* ==== query: from arrival to answer =================================== */
+/*
+ * The only code that knows both ends: it validates a query, gives it a
+ * pending slot and an upstream, and sends the answer (or an error) back
+ * the way the query came. query_deliver() and query_fail() free the slot;
+ * their callers MUST have detached it from its upstream first.
+ */
+
+static void
+query_send(const struct origin *to, const unsigned char *msg, size_t len)
+{
+	if (to->kind == ORIGIN_UDP)
+		udp_send(to, msg, len);
+	else
+		client_answer(to->slot, to->gen, msg, len);
+}
+
+/* Writes a question's name as text for debug logs ("example.com."). */
+static void
+query_name_text(const unsigned char *m, size_t qend, char *out, size_t outlen)
+{
+	size_t off = DNS_HEADER_BYTES, o = 0;
+
+	while (off < qend && m[off] != 0 && o + 5 < outlen) {
+		size_t i, lab = m[off++];
+
+		for (i = 0; i < lab && off < qend && o + 5 < outlen; i++) {
+			unsigned char ch = m[off++];
+
+			if (ch > ' ' && ch < 0x7F && ch != '.' && ch != '\\')
+				out[o++] = (char)ch;
+			else
+				o += (size_t)snprintf(out + o, outlen - o,
+				    "\\%03u", ch);
+		}
+		out[o++] = '.';
+	}
+	if (o == 0)
+		out[o++] = '.';
+	out[o] = '\0';
+}
+
+static void
+query_deliver(int slot, unsigned char *msg, size_t len)
+{
+	struct pending_query *p = &g.pending[slot];
+
+	len = dns_answer_for_client(msg, len, p->query, p->qend, p->client_id,
+	    p->has_opt, p->udp_limit);
+	if (len == 0) {
+		query_fail(slot, DNS_RCODE_SERVFAIL);
+		return;
+	}
+	query_send(&p->from, msg, len);
+	pending_free(slot);
+}
+
+static void
+query_fail(int slot, int rcode)
+{
+	struct pending_query *p = &g.pending[slot];
+	unsigned char out[DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4 +
+	    DNS_OPT_FIXED_BYTES];
+	size_t len;
+
+	len = dns_make_error(out, p->query, p->qend, p->client_id, p->has_opt,
+	    rcode);
+	if (rcode == DNS_RCODE_SERVFAIL)
+		g.n_servfail++;
+	query_send(&p->from, out, len);
+	pending_free(slot);
+}
+
+/*
+ * A query from a client (UDP datagram or TCP frame): answered at once if
+ * it is malformed or nothing can take it, else queued on the preferred
+ * usable upstream.
+ */
+static void
+query_receive(const unsigned char *msg, size_t len, const struct origin *from)
+{
+	struct dns_query_info qi;
+	struct pending_query *p;
+	int rc, slot, up;
+
+	if (from->kind == ORIGIN_UDP)
+		g.n_udp_queries++;
+	else
+		g.n_tcp_queries++;
+	rc = dns_parse_query(msg, len, &qi);
+	if (rc != 0) {
+		unsigned char out[DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4 +
+		    DNS_OPT_FIXED_BYTES];
+
+		if (rc == DNS_DROP) {
+			if (from->kind == ORIGIN_TCP)
+				client_answer(from->slot, from->gen, NULL, 0);
+			return;
+		}
+		len = dns_make_error(out, msg, qi.qend, qi.id, qi.has_opt, rc);
+		query_send(from, out, len);
+		return;
+	}
+	slot = pending_alloc();
+	if (slot < 0) {
+		unsigned char out[DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4 +
+		    DNS_OPT_FIXED_BYTES];
+
+		if (ratelimit_ok(&g.rl_table_full))
+			log_warn("%d queries in flight: new ones get SERVFAIL",
+			    MAX_PENDING);
+		len = dns_make_error(out, msg, qi.qend, qi.id, qi.has_opt,
+		    DNS_RCODE_SERVFAIL);
+		g.n_servfail++;
+		query_send(from, out, len);
+		return;
+	}
+	p = &g.pending[slot];
+	p->from = *from;
+	p->client_id = qi.id;
+	p->has_opt = (uint8_t)qi.has_opt;
+	p->udp_limit = from->kind == ORIGIN_UDP ? qi.udp_limit : 0;
+	p->qlen = (uint16_t)len;
+	p->qend = (uint16_t)qi.qend;
+	memcpy(p->query, msg, len);
+	if (g.log_level >= LOG_DEBUG) {
+		char name[DNS_NAME_MAX_BYTES * 4 + 8];
+
+		query_name_text(msg, qi.qend, name, sizeof name);
+		log_debug("query %s type %u over %s", name, qi.qtype,
+		    from->kind == ORIGIN_UDP ? "UDP" : "TCP");
+	}
+	up = upstream_pick();
+	if (up < 0) {
+		query_fail(slot, DNS_RCODE_SERVFAIL);
+		return;
+	}
+	upstream_enqueue(&g.upstreams[up], slot);
+}
+
+/* ==== loop: fd sets, select(), dispatch, timers ======================= */
+
+/* Expires queries (SERVFAIL at the query timeout), then the timers of
+ * upstreams and clients. */
+static void
+loop_expire(void)
+{
+	size_t i;
+
+	while (g.age_head >= 0 &&
+	    g.pending[g.age_head].deadline_ms <= g.now_ms) {
+		int slot = g.age_head;
+
+		log_debug("query timed out: SERVFAIL");
+		upstream_detach(slot);
+		query_fail(slot, DNS_RCODE_SERVFAIL);
+	}
+	for (i = 0; i < g.n_upstreams; i++)
+		upstream_timers(&g.upstreams[i]);
+	for (i = 0; i < MAX_TCP_CLIENTS; i++)
+		client_timers(&g.clients[i]);
+}
+
+/* Milliseconds until the nearest deadline, at most MAX_SELECT_MS. */
+static int64_t
+loop_timeout_ms(void)
+{
+	int64_t next = g.now_ms + MAX_SELECT_MS;
+	size_t i;
+
+	if (g.age_head >= 0 && g.pending[g.age_head].deadline_ms < next)
+		next = g.pending[g.age_head].deadline_ms;
+	for (i = 0; i < g.n_upstreams; i++) {
+		int64_t d = upstream_next_deadline(&g.upstreams[i]);
+
+		if (d < next)
+			next = d;
+	}
+	for (i = 0; i < MAX_TCP_CLIENTS; i++) {
+		const struct client_conn *c = &g.clients[i];
+
+		if (c->state != CLIENT_FREE &&
+		    c->last_active_ms + CLIENT_IDLE_MS < next)
+			next = c->last_active_ms + CLIENT_IDLE_MS;
+	}
+	return next > g.now_ms ? next - g.now_ms : 0;
+}
+
+static void
+loop_dispatch(fd_set *rd, fd_set *wr)
+{
+	size_t i;
+
+	/* Upstreams first: their answers free slots for new queries. */
+	for (i = 0; i < g.n_upstreams; i++) {
+		struct upstream *u = &g.upstreams[i];
+		unsigned long conn = u->n_connects;	/* same connection? */
+		int fd = u->fd;
+
+		if (fd >= 0 && FD_ISSET(fd, wr))
+			upstream_on_writable(u);
+		if (fd >= 0 && u->fd == fd && u->n_connects == conn &&
+		    FD_ISSET(fd, rd))
+			upstream_on_readable(u);
+	}
+	for (i = 0; i < MAX_TCP_CLIENTS; i++) {
+		struct client_conn *c = &g.clients[i];
+		int fd = c->fd;
+		unsigned gen = c->gen;
+
+		if (c->state == CLIENT_FREE)
+			continue;
+		if (FD_ISSET(fd, wr))
+			client_on_writable(c);
+		if (c->state != CLIENT_FREE && c->gen == gen &&
+		    FD_ISSET(fd, rd))
+			client_on_readable(c);
+	}
+	for (i = 0; i < g.n_listeners; i++)
+		if (FD_ISSET(g.listeners[i].udp_fd, rd))
+			udp_on_readable(i);
+	/* New TCP clients last: existing work goes first. */
+	for (i = 0; i < g.n_listeners; i++)
+		if (FD_ISSET(g.listeners[i].tcp_fd, rd))
+			client_accept(g.listeners[i].tcp_fd);
+}
+
+/* Runs until SIGTERM or SIGINT. */
+static void
+loop_run(void)
+{
+	while (!g_stop_signal) {
+		fd_set rd, wr;
+		struct timeval tv;
+		int64_t ms;
+		int maxfd = -1, n;
+		size_t i;
+
+		g.now_ms = time_now_ms();
+		loop_expire();
+		for (i = 0; i < g.n_upstreams; i++) {
+			struct upstream *u = &g.upstreams[i];
+
+			if (u->state == UPSTREAM_HANDSHAKING ||
+			    u->state == UPSTREAM_READY ||
+			    u->state == UPSTREAM_CLOSING)
+				upstream_pump(u);
+		}
+		FD_ZERO(&rd);
+		FD_ZERO(&wr);
+		for (i = 0; i < g.n_listeners; i++) {
+			struct listener *l = &g.listeners[i];
+
+			FD_SET(l->udp_fd, &rd);
+			FD_SET(l->tcp_fd, &rd);
+			if (l->udp_fd > maxfd)
+				maxfd = l->udp_fd;
+			if (l->tcp_fd > maxfd)
+				maxfd = l->tcp_fd;
+		}
+		for (i = 0; i < g.n_upstreams; i++)
+			upstream_want(&g.upstreams[i], &rd, &wr, &maxfd);
+		for (i = 0; i < MAX_TCP_CLIENTS; i++)
+			client_want(&g.clients[i], &rd, &wr, &maxfd);
+		ms = loop_timeout_ms();
+		tv.tv_sec = (time_t)(ms / 1000);
+		tv.tv_usec = (suseconds_t)(ms % 1000 * 1000);
+		n = select(maxfd + 1, &rd, &wr, NULL, &tv);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			die("select failed: %s", strerror(errno));
+		}
+		g.now_ms = time_now_ms();
+		if (n > 0)
+			loop_dispatch(&rd, &wr);
+	}
+}
+
+/* ==== config: options, specs, signals ================================= */
+/*
+ * Start-up only: every error here is fatal and names the bad value. The
+ * parsers are pure functions (the unit tests call them).
+ */
+
+/* Public resolvers whose authentication name is known (their
+ * certificates carry it as a dNSName; BearSSL does not match IP SANs). */
+static const struct {
+	const char *ip;
+	const char *name;
+} config_known[] = {
+	{ "1.1.1.1", "cloudflare-dns.com" },
+	{ "1.0.0.1", "cloudflare-dns.com" },
+	{ "2606:4700:4700::1111", "cloudflare-dns.com" },
+	{ "2606:4700:4700::1001", "cloudflare-dns.com" },
+	{ "1.1.1.2", "security.cloudflare-dns.com" },
+	{ "1.0.0.2", "security.cloudflare-dns.com" },
+	{ "1.1.1.3", "family.cloudflare-dns.com" },
+	{ "1.0.0.3", "family.cloudflare-dns.com" },
+	{ "8.8.8.8", "dns.google" },
+	{ "8.8.4.4", "dns.google" },
+	{ "2001:4860:4860::8888", "dns.google" },
+	{ "2001:4860:4860::8844", "dns.google" },
+	{ "9.9.9.9", "dns.quad9.net" },
+	{ "149.112.112.112", "dns.quad9.net" },
+	{ "2620:fe::fe", "dns.quad9.net" },
+	{ "2620:fe::9", "dns.quad9.net" },
+	{ "9.9.9.10", "dns10.quad9.net" },
+	{ "149.112.112.10", "dns10.quad9.net" },
+	{ "9.9.9.11", "dns11.quad9.net" },
+	{ "149.112.112.11", "dns11.quad9.net" },
+	{ "94.140.14.14", "dns.adguard-dns.com" },
+	{ "94.140.15.15", "dns.adguard-dns.com" },
+	{ "2a10:50c0::ad1:ff", "dns.adguard-dns.com" },
+	{ "2a10:50c0::ad2:ff", "dns.adguard-dns.com" },
+	{ "94.140.14.140", "unfiltered.adguard-dns.com" },
+	{ "94.140.14.141", "unfiltered.adguard-dns.com" },
+	{ "194.242.2.2", "dns.mullvad.net" },
+	{ "2a07:e340::2", "dns.mullvad.net" },
+	{ "45.90.28.0", "dns.nextdns.io" },
+	{ "45.90.30.0", "dns.nextdns.io" },
+	{ "185.228.168.168", "family-filter-dns.cleanbrowsing.org" },
+	{ "185.228.169.168", "family-filter-dns.cleanbrowsing.org" },
+	{ "208.67.222.222", "dns.opendns.com" },
+	{ "208.67.220.220", "dns.opendns.com" },
+};
+
+/* Cloudflare, as the Python proxy this replaces did. */
+static const char *const config_default_upstreams[] = {
+	"1.1.1.1", "1.0.0.1",
+};
+
+/* Parses a decimal port 1..65535. Returns 0 or -1. */
+static int
+config_parse_port(const char *s, uint16_t *port)
+{
+	unsigned long v = 0;
+
+	if (*s == '\0')
+		return -1;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		v = v * 10 + (unsigned long)(*s - '0');
+		if (v > 65535)
+			return -1;
+	}
+	if (v == 0)
+		return -1;
+	*port = (uint16_t)v;
+	return 0;
+}
+
+/* Parses an IPv4 or IPv6 literal. Returns 0 or -1. */
+static int
+config_parse_ip(const char *s, uint16_t port, union sockaddr_u *a,
+    socklen_t *len)
+{
+	memset(a, 0, sizeof *a);
+	if (inet_pton(AF_INET, s, &a->sin.sin_addr) == 1) {
+		a->sin.sin_family = AF_INET;
+		a->sin.sin_port = htons(port);
+		*len = sizeof a->sin;
+		return 0;
+	}
+	if (inet_pton(AF_INET6, s, &a->sin6.sin6_addr) == 1) {
+		a->sin6.sin6_family = AF_INET6;
+		a->sin6.sin6_port = htons(port);
+		*len = sizeof a->sin6;
+		return 0;
+	}
+	return -1;
+}
+
+/*
+ * Splits "IP", "IP@PORT", "IPv4:PORT", "[IPv6]", "[IPv6]:PORT" or
+ * "[IPv6]@PORT" and parses it. A bare IPv6 address has several colons and
+ * takes no ":PORT" (use @PORT or brackets). Returns 0 or -1.
+ */
+static int
+config_parse_addr(const char *spec, uint16_t defport, union sockaddr_u *a,
+    socklen_t *len)
+{
+	char host[INET6_ADDRSTRLEN + 1];
+	const char *port_s = NULL, *h = spec;
+	const char *colon = strchr(spec, ':');
+	const char *at = strchr(spec, '@');
+	uint16_t port = defport;
+	size_t hl;
+
+	if (spec[0] == '[') {
+		const char *rb = strchr(spec, ']');
+
+		if (rb == NULL)
+			return -1;
+		h = spec + 1;
+		hl = (size_t)(rb - h);
+		if (rb[1] == ':' || rb[1] == '@')
+			port_s = rb + 2;
+		else if (rb[1] != '\0')
+			return -1;
+	} else if (at != NULL) {
+		hl = (size_t)(at - spec);
+		port_s = at + 1;
+	} else if (colon != NULL && strchr(colon + 1, ':') == NULL) {
+		hl = (size_t)(colon - spec);
+		port_s = colon + 1;
+	} else {
+		hl = strlen(spec);
+	}
+	if (hl == 0 || hl >= sizeof host)
+		return -1;
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	if (port_s != NULL && config_parse_port(port_s, &port) < 0)
+		return -1;
+	return config_parse_ip(host, port, a, len);
+}
+
+/* Returns 1 if s is a host name usable for SNI and name checks. */
+static int
+config_valid_hostname(const char *s)
+{
+	size_t label = 0, total = 0;
+
+	if (*s == '\0' || *s == '.')
+		return 0;
+	for (; *s; s++, total++) {
+		char ch = *s;
+
+		if (ch == '.') {
+			if (label == 0)
+				return 0;
+			label = 0;
+			continue;
+		}
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		    (ch >= '0' && ch <= '9') || ch == '-' || ch == '_'))
+			return 0;
+		if (++label > DNS_LABEL_MAX_BYTES)
+			return 0;
+	}
+	return label > 0 && total <= AUTHNAME_MAX_BYTES;
+}
+
+/* Returns the known authentication name of a public resolver, or NULL. */
+static const char *
+config_known_name(const union sockaddr_u *a)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof config_known / sizeof config_known[0]; i++) {
+		union sockaddr_u k;
+		socklen_t len;
+
+		if (config_parse_ip(config_known[i].ip, 0, &k, &len) < 0 ||
+		    k.sa.sa_family != a->sa.sa_family)
+			continue;
+		if (k.sa.sa_family == AF_INET ? memcmp(&k.sin.sin_addr,
+		    &a->sin.sin_addr, 4) == 0 : memcmp(&k.sin6.sin6_addr,
+		    &a->sin6.sin6_addr, 16) == 0)
+			return config_known[i].name;
+	}
+	return NULL;
+}
+
+/*
+ * Parses an upstream spec, IP[@PORT][#AUTHNAME] (unbound's forward-addr
+ * syntax), into u. Returns NULL, or what is wrong with it.
+ */
+static const char *
+config_parse_upstream(const char *spec, struct upstream *u)
+{
+	char buf[INET6_ADDRSTRLEN + 8 + AUTHNAME_MAX_BYTES + 2];
+	char addr[INET6_ADDRSTRLEN + 8];
+	const char *name = NULL;
+	char *hash;
+
+	if (strlen(spec) >= sizeof buf)
+		return "too long";
+	strcpy(buf, spec);
+	hash = strchr(buf, '#');
+	if (hash != NULL) {
+		*hash = '\0';
+		name = hash + 1;
+		if (!config_valid_hostname(name))
+			return "bad authentication name after '#'";
+	}
+	if (strchr(buf, '@') == NULL && strchr(buf, ']') == NULL &&
+	    strchr(buf, ':') != NULL && strchr(strchr(buf, ':') + 1, ':') ==
+	    NULL)
+		return "give the port as IP@PORT";
+	if (config_parse_addr(buf, DOT_PORT, &u->addr, &u->addrlen) < 0)
+		return strchr(buf, '@') != NULL ? "bad IP address or port" :
+		    "not an IP address";
+	if (name == NULL)
+		name = config_known_name(&u->addr);
+	if (name == NULL)
+		return "no authentication name for this resolver: add "
+		    "#AUTHNAME, the name in its certificate (e.g. "
+		    "192.0.2.1#dns.example.net)";
+	strcpy(u->name, name);
+	util_format_addr(&u->addr, addr, sizeof addr);
+	snprintf(u->label, sizeof u->label, "%s (%s)", addr, u->name);
+	return NULL;
+}
+
+/* Returns 1 if an address is 0.0.0.0 or ::. */
+static int
+config_is_wildcard(const union sockaddr_u *a)
+{
+	static const unsigned char zero[16];
+
+	if (a->sa.sa_family == AF_INET)
+		return a->sin.sin_addr.s_addr == htonl(INADDR_ANY);
+	return memcmp(&a->sin6.sin6_addr, zero, 16) == 0;
+}
+
+/*
+ * Opens the UDP and TCP sockets of a listener. Fatal on error, except
+ * that an optional listener (the default ::) on a host without IPv6 is
+ * skipped with a warning: returns -1 then, else 0.
+ */
+static int
+config_open_listener(struct listener *l, int optional)
+{
+	static const int types[2] = { SOCK_DGRAM, SOCK_STREAM };
+	int fds[2] = { -1, -1 }, one = 1, i;
+	int fam = l->addr.sa.sa_family;
+	char name[INET6_ADDRSTRLEN + 8];
+
+	util_format_addr(&l->addr, name, sizeof name);
+	for (i = 0; i < 2; i++) {
+		int fd = socket(fam, types[i] | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+		if (fd < 0)
+			goto fail;
+		fds[i] = fd;
+		if (fam == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
+			    sizeof one);
+		if (types[i] == SOCK_STREAM)
+			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
+			    sizeof one);
+		if (bind(fd, &l->addr.sa, l->addrlen) < 0)
+			goto fail;
+		if (types[i] == SOCK_STREAM && listen(fd, 128) < 0)
+			goto fail;
+	}
+	l->udp_fd = fds[0];
+	l->tcp_fd = fds[1];
+	l->wildcard = config_is_wildcard(&l->addr);
+	if (l->wildcard)
+		udp_enable_pktinfo(l->udp_fd, fam);
+	log_info("listening on %s (UDP and TCP)", name);
+	return 0;
+fail:
+	{
+		int err = errno;
+
+		if (fds[0] >= 0)
+			close(fds[0]);
+		if (fds[1] >= 0)
+			close(fds[1]);
+		if (optional && (err == EAFNOSUPPORT || err == EADDRNOTAVAIL)) {
+			log_warn("no IPv6 here: not listening on %s (%s)",
+			    name, strerror(err));
+			return -1;
+		}
+		die("cannot listen on %s (%s): %s%s", name,
+		    i == 0 ? "UDP" : "TCP", strerror(err),
+		    err == EACCES ? " (ports below 1024 need root or "
+		    "CAP_NET_BIND_SERVICE)" : "");
+	}
+	return -1;
+}
+
+static void
+config_on_signal(int sig)
+{
+	g_stop_signal = sig;
+}
+
+/* dotproxy is PID 1 in a scratch container: the kernel ignores signals
+ * that PID 1 does not handle, so SIGTERM and SIGINT are caught. */
+static void
+config_signals(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = config_on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, NULL);
+}
+
+static void
+config_usage(FILE *f)
+{
+	fprintf(f,
+"Usage: dotproxy [OPTION]...\n"
+"Serve plain DNS on UDP and TCP; forward every query over DNS-over-TLS.\n"
+"\n"
+"  -l, --listen ADDR      listen on ADDR (repeatable): IP, IP@PORT,\n"
+"                         IPv4:PORT or [IPv6]:PORT; default 0.0.0.0@53 and\n"
+"                         ::@53\n"
+"  -u, --upstream SPEC    forward to SPEC (repeatable, in order of\n"
+"                         preference): IP[@PORT][#AUTHNAME], PORT 853 by\n"
+"                         default; AUTHNAME is the name the certificate\n"
+"                         must carry, known for public resolvers (1.1.1.1,\n"
+"                         8.8.8.8, 9.9.9.9, ...); default 1.1.1.1, 1.0.0.1\n"
+"  -c, --ca-file FILE     trust the PEM roots in FILE instead of the\n"
+"                         compiled-in roots\n"
+"  -t, --timeout MS       answer SERVFAIL to a query not answered within MS\n"
+"                         milliseconds (default %d)\n"
+"  -v, --verbose          log every event, query names included\n"
+"  -q, --quiet            log warnings and errors only\n"
+"  -h, --help             show this help\n"
+"  -V, --version          show the version\n"
+"\n"
+"Environment: DOT_SERVER=SPEC[,SPEC]... is used when no --upstream is given.\n"
+"Signals: SIGTERM and SIGINT stop it (exit status 0).\n",
+	    QUERY_TIMEOUT_MS);
+}
+
+static void
+config_usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "dotproxy: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\nTry 'dotproxy --help'.\n");
+	exit(2);
+}
+
+/* Adds upstreams from a comma- or space-separated list (DOT_SERVER). */
+static void
+config_add_upstream(const char *spec, const char *source)
+{
+	struct upstream *u;
+	const char *why;
+
+	if (g.n_upstreams == MAX_UPSTREAMS)
+		die("too many upstreams (at most %d): '%s'", MAX_UPSTREAMS,
+		    spec);
+	u = &g.upstreams[g.n_upstreams];
+	why = config_parse_upstream(spec, u);
+	if (why != NULL)
+		die("bad upstream '%s'%s: %s", spec, source, why);
+	g.n_upstreams++;
+}
+
+static void
+config_add_upstream_list(const char *list, const char *source)
+{
+	char buf[4096], *tok, *save = NULL;
+	int n = 0;
+
+	if (strlen(list) >= sizeof buf)
+		die("DOT_SERVER is too long");
+	strcpy(buf, list);
+	for (tok = strtok_r(buf, ", \t", &save); tok != NULL;
+	    tok = strtok_r(NULL, ", \t", &save), n++)
+		config_add_upstream(tok, source);
+	if (n == 0)
+		die("DOT_SERVER is set but names no upstream");
+}
+
+static void
+config_add_listener(const char *spec, int optional)
+{
+	struct listener *l;
+
+	if (g.n_listeners == MAX_LISTENERS)
+		die("too many listen addresses (at most %d): '%s'",
+		    MAX_LISTENERS, spec);
+	l = &g.listeners[g.n_listeners];
+	if (config_parse_addr(spec, DEFAULT_PORT, &l->addr, &l->addrlen) < 0)
+		die("bad listen address '%s' (want IP, IP@PORT, IPv4:PORT or "
+		    "[IPv6]:PORT)", spec);
+	if (config_open_listener(l, optional) == 0)
+		g.n_listeners++;
+}
+
+/* ==== main ============================================================ */
+
+#ifndef DOTPROXY_NO_MAIN
+int
+main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "listen", required_argument, NULL, 'l' },
+		{ "upstream", required_argument, NULL, 'u' },
+		{ "ca-file", required_argument, NULL, 'c' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *listen_specs[MAX_LISTENERS];
+	const char *ca_file = NULL, *env;
+	size_t n_listen = 0, i;
+	int opt;
+
+	g.log_level = LOG_INFO;
+	g.query_timeout_ms = QUERY_TIMEOUT_MS;
+	g.tas = TAs;
+	g.n_tas = TAs_NUM;
+	g.now_ms = time_now_ms();
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":l:u:c:t:vqhV", opts,
+	    NULL)) != -1) {
+		switch (opt) {
+		case 'l':
+			if (n_listen == MAX_LISTENERS)
+				die("too many listen addresses (at most %d): "
+				    "'%s'", MAX_LISTENERS, optarg);
+			listen_specs[n_listen++] = optarg;
+			break;
+		case 'u':
+			config_add_upstream(optarg, "");
+			break;
+		case 'c':
+			ca_file = optarg;
+			break;
+		case 't': {
+			uint16_t ms;
+
+			if (config_parse_port(optarg, &ms) < 0 || ms < 100 ||
+			    ms > 60000)
+				die("bad --timeout '%s' (want milliseconds, "
+				    "100 to 60000)", optarg);
+			g.query_timeout_ms = ms;
+			break;
+		}
+		case 'v':
+			g.log_level = LOG_DEBUG;
+			break;
+		case 'q':
+			g.log_level = LOG_WARN;
+			break;
+		case 'h':
+			config_usage(stdout);
+			return 0;
+		case 'V':
+			printf("dotproxy %s (BearSSL 0.6, TLS 1.2)\n",
+			    DOTPROXY_VERSION);
+			return 0;
+		case ':':
+			config_usage_error("option '%s' needs a value",
+			    argv[optind - 1]);
+			break;
+		default:
+			config_usage_error("unknown option '%s'",
+			    argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		config_usage_error("unexpected argument '%s'", argv[optind]);
+	if (g.n_upstreams == 0) {
+		env = getenv("DOT_SERVER");
+		if (env != NULL)
+			config_add_upstream_list(env, " in DOT_SERVER");
+		else
+			for (i = 0; i < sizeof config_default_upstreams /
+			    sizeof config_default_upstreams[0]; i++)
+				config_add_upstream(
+				    config_default_upstreams[i], "");
+	}
+	if (ca_file != NULL)
+		anchors_load_file(ca_file);
+	for (i = 0; i < g.n_upstreams; i++)
+		upstream_tls_init(&g.upstreams[i]);
+	pending_init();
+	for (i = 0; i < MAX_TCP_CLIENTS; i++)
+		g.clients[i].fd = -1;
+	config_signals();
+	if (n_listen == 0) {
+		config_add_listener("0.0.0.0@53", 0);
+		config_add_listener("::@53", 1);
+	}
+	for (i = 0; i < n_listen; i++)
+		config_add_listener(listen_specs[i], 0);
+	log_info("ready: %zu listener%s, %zu upstream%s (first: %s), "
+	    "%zu trust anchor%s", g.n_listeners, g.n_listeners == 1 ? "" : "s",
+	    g.n_upstreams, g.n_upstreams == 1 ? "" : "s",
+	    g.upstreams[0].label, g.n_tas, g.n_tas == 1 ? "" : "s");
+	loop_run();
+	log_info("stopping on signal %d", (int)g_stop_signal);
+	for (i = 0; i < g.n_upstreams; i++)
+		upstream_shutdown(&g.upstreams[i]);
+	for (i = 0; i < MAX_TCP_CLIENTS; i++)
+		if (g.clients[i].state != CLIENT_FREE)
+			client_close(&g.clients[i]);
+	for (i = 0; i < g.n_listeners; i++) {
+		close(g.listeners[i].udp_fd);
+		close(g.listeners[i].tcp_fd);
+	}
+	return 0;
+}
+#endif /* DOTPROXY_NO_MAIN */
