@@ -1,0 +1,116 @@
+#!/bin/sh
+# tests/deps.sh build|test
+#
+# Checks that what building (build) or building and testing (test) dotproxy needs is
+# installed. As root on a machine with apt-get, installs what is missing; otherwise prints
+# the apt-get command to run and exits 1. Quiet when nothing is missing.
+#
+#   build: musl-gcc (musl-tools), make, gcc + libc headers (for the host tool brssl), ar
+#          (binutils), and dpkg-dev when BearSSL is still to be fetched from Debian.
+#   test:  build's, plus unbound, dig (dnsutils), kdig (knot-dnsutils), openssl, ps (procps), ip (iproute2),
+#          /usr/bin/python3 with the modules dns (python3-dnspython) and pytest (python3-pytest).
+set -eu
+
+mode=${1:-build}
+case $mode in
+build | test) ;;
+*)
+	echo "usage: $0 build|test" >&2
+	exit 2
+	;;
+esac
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+missing=
+
+have() {
+	command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
+}
+
+# need PACKAGE COMMAND...: PACKAGE is missing unless COMMAND succeeds.
+need() {
+	pkg=$1
+	shift
+	if ! "$@" >/dev/null 2>&1; then
+		case " $missing " in
+		*" $pkg "*) ;;
+		*) missing="${missing:+$missing }$pkg" ;;
+		esac
+	fi
+}
+
+check() {
+	need musl-tools have musl-gcc
+	need make have make
+	need gcc have gcc
+	need libc6-dev test -f /usr/include/stdio.h
+	need binutils have ar
+	# BearSSL is fetched from Debian's source package unless it is already in bearssl/,
+	# or another way is forced (BEARSSL_FROM=tarball|dir, BEARSSL_SRC=dir).
+	if [ ! -f "$root/bearssl/.source" ] && [ -z "${BEARSSL_SRC:-}" ] &&
+		[ "${BEARSSL_FROM:-}" != tarball ] && [ "${BEARSSL_FROM:-}" != dir ] &&
+		have apt-get; then
+		need dpkg-dev have dpkg-source
+	fi
+	if [ "$mode" = test ]; then
+		need unbound have unbound
+		need dnsutils have dig
+		need knot-dnsutils have kdig
+		need openssl have openssl
+		need procps have ps
+		need iproute2 have ip
+		need python3 test -x /usr/bin/python3
+		need python3-dnspython /usr/bin/python3 -c 'import dns.message'
+		need python3-pytest /usr/bin/python3 -c 'import pytest'
+	fi
+}
+
+check
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+	echo "deps.sh: missing: $missing" >&2
+	echo "install them with: sudo apt-get install $missing"
+	exit 1
+fi
+
+echo "deps.sh: installing: $missing"
+export DEBIAN_FRONTEND=noninteractive
+
+# unbound is only a test peer here: keep its service from starting (and, on Debian, from
+# taking over port 53 or resolv.conf) while it is installed. policy-rc.d denies service
+# starts from maintainer scripts; one the machine already has is left alone.
+policy=
+case " $missing " in
+*" unbound "*)
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		policy=/usr/sbin/policy-rc.d
+		printf '#!/bin/sh\n# temporary, from dotproxy tests/deps.sh\nexit 101\n' >"$policy"
+		chmod 755 "$policy"
+		trap 'rm -f "$policy"' EXIT
+	fi
+	;;
+esac
+
+apt-get update -qq
+# shellcheck disable=SC2086 # $missing is a space-separated list of package names
+apt-get install -y -qq --no-install-recommends $missing </dev/null
+
+case " $missing " in
+*" unbound "*)
+	if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+		systemctl disable --now unbound.service unbound-resolvconf.service >/dev/null 2>&1 || true
+	fi
+	;;
+esac
+if [ -n "$policy" ]; then
+	rm -f "$policy"
+	trap - EXIT
+fi
+
+missing=
+check
+if [ -n "$missing" ]; then
+	echo "deps.sh: still missing after apt-get install: $missing" >&2
+	exit 1
+fi

@@ -1,0 +1,512 @@
+/*
+ * Unit tests of dotproxy's pure functions: wire parsing, truncation, error
+ * answers, ID mapping and spec parsing. Plain C: includes the proxy itself
+ * (without main), runs every check, prints "N passed, N failed" and exits
+ * non-zero if any failed.
+ */
+#define DOTPROXY_NO_MAIN
+/* The tests use a subset of the proxy; the rest is main()'s. */
+#pragma GCC diagnostic ignored "-Wunused-function"
+#include "../dotproxy.c"
+
+static int n_pass, n_fail;
+
+#define CHECK(cond) do { \
+		if (cond) { \
+			n_pass++; \
+		} else { \
+			n_fail++; \
+			fprintf(stderr, "%s:%d: FAILED: %s\n", __FILE__, \
+			    __LINE__, #cond); \
+		} \
+	} while (0)
+
+/* Builds a query: header, name in text form, type, class IN; optional OPT
+ * with the given UDP size. Returns the length. */
+static size_t
+mkquery(unsigned char *m, uint16_t id, const char *name, uint16_t type,
+    int opt, uint16_t udp_size)
+{
+	size_t off = DNS_HEADER_BYTES;
+
+	memset(m, 0, DNS_HEADER_BYTES);
+	put16(m, id);
+	m[2] = DNS_FLAG_RD;
+	put16(m + 4, 1);
+	while (*name) {
+		const char *dot = strchr(name, '.');
+		size_t l = dot ? (size_t)(dot - name) : strlen(name);
+
+		m[off++] = (unsigned char)l;
+		memcpy(m + off, name, l);
+		off += l;
+		name += l + (dot ? 1 : 0);
+	}
+	m[off++] = 0;
+	put16(m + off, type);
+	put16(m + off + 2, 1);
+	off += 4;
+	if (opt) {
+		memset(m + off, 0, DNS_OPT_FIXED_BYTES);
+		m[off + 2] = DNS_TYPE_OPT;
+		put16(m + off + 3, udp_size);
+		off += DNS_OPT_FIXED_BYTES;
+		put16(m + 10, 1);
+	}
+	return off;
+}
+
+/* Turns a query into an answer with n A records (compressed owner names)
+ * and, if opt, an OPT record last. Returns the length. */
+static size_t
+mkanswer(unsigned char *m, size_t qend, unsigned n, int opt)
+{
+	size_t off = qend;
+	unsigned i;
+
+	m[2] |= DNS_FLAG_QR;
+	m[3] = DNS_FLAG_RA;
+	put16(m + 6, (unsigned)n);
+	put16(m + 8, 0);
+	put16(m + 10, 0);
+	for (i = 0; i < n; i++) {
+		static const unsigned char rr[] = {
+			0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4,
+		};
+
+		memcpy(m + off, rr, sizeof rr);
+		off += sizeof rr;
+		m[off++] = 192;
+		m[off++] = 0;
+		m[off++] = 2;
+		m[off++] = (unsigned char)i;
+	}
+	if (opt) {
+		memset(m + off, 0, DNS_OPT_FIXED_BYTES);
+		m[off + 2] = DNS_TYPE_OPT;
+		put16(m + off + 3, 1232);
+		m[off + 7] = 0x80;	/* DO bit */
+		off += DNS_OPT_FIXED_BYTES;
+		put16(m + 10, 1);
+	}
+	return off;
+}
+
+static void
+test_names(void)
+{
+	unsigned char m[600];
+	size_t len = mkquery(m, 1, "example.com", 1, 0, 0);
+
+	CHECK(dns_check_name(m, len, 12) == 12 + 13);
+	CHECK(dns_skip_name(m, len, 12) == 12 + 13);
+	/* truncated name */
+	CHECK(dns_check_name(m, 15, 12) == 0);
+	CHECK(dns_skip_name(m, 15, 12) == 0);
+	/* a pointer: skip accepts it, the question check refuses it */
+	m[12] = 0xC0;
+	m[13] = 12;
+	CHECK(dns_skip_name(m, len, 12) == 14);
+	CHECK(dns_check_name(m, len, 12) == 0);
+	/* pointer cut short */
+	CHECK(dns_skip_name(m, 13, 12) == 0);
+	/* label of 64 bytes */
+	memset(m, 0, sizeof m);
+	m[12] = 64;
+	CHECK(dns_check_name(m, sizeof m, 12) == 0);
+	CHECK(dns_skip_name(m, sizeof m, 12) == 0);
+	/* reserved label type 0x40 */
+	m[12] = 0x41;
+	CHECK(dns_skip_name(m, sizeof m, 12) == 0);
+	/* 255 bytes on the wire is the limit (RFC 1035 3.1): three
+	 * 63-byte labels, one of 61 and the root; 62 is one too many */
+	{
+		size_t off = 12;
+		int i;
+
+		for (i = 0; i < 3; i++) {
+			m[off] = 63;
+			memset(m + off + 1, 'a', 63);
+			off += 64;
+		}
+		m[off] = 61;
+		memset(m + off + 1, 'b', 62);
+		m[off + 62] = 0;
+		CHECK(dns_check_name(m, sizeof m, 12) == 12 + 255);
+		CHECK(dns_skip_name(m, sizeof m, 12) == 12 + 255);
+		m[off] = 62;
+		m[off + 62] = 'b';
+		m[off + 63] = 0;
+		CHECK(dns_check_name(m, sizeof m, 12) == 0);
+		CHECK(dns_skip_name(m, sizeof m, 12) == 0);
+	}
+}
+
+static void
+test_parse_query(void)
+{
+	unsigned char m[2048];
+	struct dns_query_info qi;
+	size_t len;
+
+	len = mkquery(m, 0x1234, "Example.COM", 28, 0, 0);
+	CHECK(dns_parse_query(m, len, &qi) == 0);
+	CHECK(qi.id == 0x1234);
+	CHECK(qi.qtype == 28);
+	CHECK(qi.qend == len);
+	CHECK(!qi.has_opt);
+	CHECK(qi.udp_limit == 512);
+
+	len = mkquery(m, 7, "example.com", 1, 1, 4096);
+	CHECK(dns_parse_query(m, len, &qi) == 0);
+	CHECK(qi.has_opt);
+	CHECK(qi.udp_limit == 4096);
+	CHECK(qi.qend == len - DNS_OPT_FIXED_BYTES);
+
+	/* EDNS size below 512 counts as 512 (RFC 6891 6.2.5) */
+	len = mkquery(m, 7, "example.com", 1, 1, 100);
+	CHECK(dns_parse_query(m, len, &qi) == 0 && qi.udp_limit == 512);
+
+	/* short packets are dropped */
+	CHECK(dns_parse_query(m, 0, &qi) == DNS_DROP);
+	CHECK(dns_parse_query(m, 11, &qi) == DNS_DROP);
+	/* a response is never answered */
+	len = mkquery(m, 7, "example.com", 1, 0, 0);
+	m[2] |= DNS_FLAG_QR;
+	CHECK(dns_parse_query(m, len, &qi) == DNS_DROP);
+	/* opcode other than QUERY */
+	len = mkquery(m, 7, "example.com", 1, 0, 0);
+	m[2] |= 5 << 3;		/* UPDATE */
+	CHECK(dns_parse_query(m, len, &qi) == DNS_RCODE_NOTIMP);
+	/* QDCOUNT 0 and 2 */
+	len = mkquery(m, 7, "example.com", 1, 0, 0);
+	put16(m + 4, 0);
+	CHECK(dns_parse_query(m, len, &qi) == DNS_RCODE_FORMERR);
+	CHECK(qi.qend == 0);
+	put16(m + 4, 2);
+	CHECK(dns_parse_query(m, len, &qi) == DNS_RCODE_FORMERR);
+	/* question cut short: FORMERR without a question to echo */
+	len = mkquery(m, 7, "example.com", 1, 0, 0);
+	CHECK(dns_parse_query(m, len - 2, &qi) == DNS_RCODE_FORMERR);
+	CHECK(qi.qend == 0);
+	/* compression loop in the question */
+	len = mkquery(m, 7, "example.com", 1, 0, 0);
+	m[12] = 0xC0;
+	m[13] = 12;
+	CHECK(dns_parse_query(m, len, &qi) == DNS_RCODE_FORMERR);
+	/* ARCOUNT says 1 but nothing follows */
+	len = mkquery(m, 7, "example.com", 1, 0, 0);
+	put16(m + 10, 1);
+	CHECK(dns_parse_query(m, len, &qi) == DNS_RCODE_FORMERR);
+	CHECK(qi.qend == len);	/* the question is still echoed */
+	/* two OPT records */
+	len = mkquery(m, 7, "example.com", 1, 1, 1232);
+	memcpy(m + len, m + len - DNS_OPT_FIXED_BYTES, DNS_OPT_FIXED_BYTES);
+	len += DNS_OPT_FIXED_BYTES;
+	put16(m + 10, 2);
+	CHECK(dns_parse_query(m, len, &qi) == DNS_RCODE_FORMERR);
+	/* OPT in the answer section */
+	len = mkquery(m, 7, "example.com", 1, 1, 1232);
+	put16(m + 10, 0);
+	put16(m + 6, 1);
+	CHECK(dns_parse_query(m, len, &qi) == DNS_RCODE_FORMERR);
+	/* OPT with an RDLENGTH past the end */
+	len = mkquery(m, 7, "example.com", 1, 1, 1232);
+	put16(m + len - 2, 50);
+	CHECK(dns_parse_query(m, len, &qi) == DNS_RCODE_FORMERR);
+	/* a query longer than QUERY_MAX_BYTES: FORMERR, question echoed */
+	len = mkquery(m, 7, "example.com", 1, 1, 1232);
+	put16(m + len - 2, QUERY_MAX_BYTES);
+	memset(m + len, 0, QUERY_MAX_BYTES);
+	CHECK(dns_parse_query(m, len + QUERY_MAX_BYTES, &qi) ==
+	    DNS_RCODE_FORMERR);
+	CHECK(qi.qend != 0);
+}
+
+static void
+test_answers(void)
+{
+	unsigned char q[512], a[2048];
+	size_t qlen, alen, qend;
+
+	qlen = mkquery(q, 0xBEEF, "ExAmPlE.test", 1, 0, 0);
+	memcpy(a, q, qlen);
+	put16(a, 0x0042);
+	/* the upstream answers in lower case */
+	memcpy(a + 12, "\7example\4test", 13);
+	alen = mkanswer(a, qlen, 2, 0);
+	qend = dns_parse_answer(a, alen);
+	CHECK(qend == qlen);
+	CHECK(dns_question_equal(a, qend, q, qlen));
+	/* different type, different name */
+	a[qend - 3] = 28;
+	CHECK(!dns_question_equal(a, qend, q, qlen));
+	a[qend - 3] = 1;
+	a[13] = 'x';
+	CHECK(!dns_question_equal(a, qend, q, qlen));
+	a[13] = 'e';
+	/* a query is not an answer */
+	CHECK(dns_parse_answer(q, qlen) == 0);
+	CHECK(dns_parse_answer(a, 11) == 0);
+
+	/* the client's ID and spelling come back */
+	alen = dns_answer_for_client(a, alen, q, qlen, 0xBEEF, 0, 512);
+	CHECK(alen == qlen + 2 * 16);
+	CHECK(get16(a) == 0xBEEF);
+	CHECK(memcmp(a + 12, "\7ExAmPlE\4test", 13) == 0);
+	CHECK(get16(a + 6) == 2);
+	CHECK(!(a[2] & DNS_FLAG_TC));
+}
+
+static void
+test_strip_and_truncate(void)
+{
+	unsigned char q[512], a[4096];
+	size_t qlen, alen, len;
+
+	/* OPT removed for a client that sent none */
+	qlen = mkquery(q, 1, "example.test", 1, 0, 0);
+	memcpy(a, q, qlen);
+	alen = mkanswer(a, qlen, 3, 1);
+	len = dns_answer_for_client(a, alen, q, qlen, 1, 0, 0);
+	CHECK(len == alen - DNS_OPT_FIXED_BYTES);
+	CHECK(get16(a + 10) == 0);
+	CHECK(get16(a + 6) == 3);
+	/* ... and kept for a client that sent one */
+	qlen = mkquery(q, 1, "example.test", 1, 1, 1232);
+	memcpy(a, q, qlen - DNS_OPT_FIXED_BYTES);
+	alen = mkanswer(a, qlen - DNS_OPT_FIXED_BYTES, 3, 1);
+	len = dns_answer_for_client(a, alen, q, qlen - DNS_OPT_FIXED_BYTES,
+	    1, 1, 1232);
+	CHECK(len == alen);
+	CHECK(get16(a + 10) == 1);
+
+	/* 40 records: 12 + 18 + 40 * 16 = 670 bytes > 512: TC, no records */
+	qlen = mkquery(q, 9, "example.test", 1, 0, 0);
+	memcpy(a, q, qlen);
+	alen = mkanswer(a, qlen, 40, 0);
+	CHECK(alen > 512);
+	len = dns_answer_for_client(a, alen, q, qlen, 9, 0, 512);
+	CHECK(len == qlen);
+	CHECK(a[2] & DNS_FLAG_TC);
+	CHECK(get16(a + 6) == 0 && get16(a + 8) == 0 && get16(a + 10) == 0);
+	CHECK(get16(a + 4) == 1);
+	/* the same answer fits a client with EDNS 1232: no TC */
+	qlen = mkquery(q, 9, "example.test", 1, 1, 1232);
+	memcpy(a, q, qlen - DNS_OPT_FIXED_BYTES);
+	alen = mkanswer(a, qlen - DNS_OPT_FIXED_BYTES, 40, 1);
+	len = dns_answer_for_client(a, alen, q, qlen - DNS_OPT_FIXED_BYTES,
+	    9, 1, 1232);
+	CHECK(len == alen && !(a[2] & DNS_FLAG_TC));
+	/* 100 records > 1232: TC, question and an OPT with the DO bit */
+	memcpy(a, q, qlen - DNS_OPT_FIXED_BYTES);
+	alen = mkanswer(a, qlen - DNS_OPT_FIXED_BYTES, 100, 1);
+	len = dns_answer_for_client(a, alen, q, qlen - DNS_OPT_FIXED_BYTES,
+	    9, 1, 1232);
+	CHECK(len == qlen);
+	CHECK(a[2] & DNS_FLAG_TC);
+	CHECK(get16(a + 10) == 1);
+	CHECK(a[len - DNS_OPT_FIXED_BYTES + 2] == DNS_TYPE_OPT);
+	CHECK(a[len - DNS_OPT_FIXED_BYTES + 7] == 0x80);
+	/* TCP (limit 0) never truncates */
+	memcpy(a, q, qlen - DNS_OPT_FIXED_BYTES);
+	alen = mkanswer(a, qlen - DNS_OPT_FIXED_BYTES, 100, 1);
+	len = dns_answer_for_client(a, alen, q, qlen - DNS_OPT_FIXED_BYTES,
+	    9, 1, 0);
+	CHECK(len == alen && !(a[2] & DNS_FLAG_TC));
+	/* a malformed answer (record cut short) is refused */
+	qlen = mkquery(q, 9, "example.test", 1, 0, 0);
+	memcpy(a, q, qlen);
+	alen = mkanswer(a, qlen, 2, 1);
+	CHECK(dns_answer_for_client(a, alen - 5, q, qlen, 9, 0, 512) == 0);
+}
+
+static void
+test_errors(void)
+{
+	unsigned char q[512], out[512];
+	size_t qlen, len;
+
+	qlen = mkquery(q, 0x0102, "example.test", 1, 1, 4096);
+	q[3] = DNS_FLAG_CD;
+	len = dns_make_error(out, q, qlen - DNS_OPT_FIXED_BYTES, 0x0A0B, 1,
+	    DNS_RCODE_SERVFAIL);
+	CHECK(len == qlen);
+	CHECK(get16(out) == 0x0A0B);
+	CHECK(out[2] == (DNS_FLAG_QR | DNS_FLAG_RD));
+	CHECK(out[3] == (DNS_FLAG_RA | DNS_FLAG_CD | 2));
+	CHECK(get16(out + 4) == 1 && get16(out + 10) == 1);
+	CHECK(memcmp(out + 12, q + 12, qlen - 12 - 11) == 0);
+	/* without a parsed question: header only */
+	len = dns_make_error(out, q, 0, 5, 1, DNS_RCODE_FORMERR);
+	CHECK(len == 12);
+	CHECK(get16(out + 4) == 0 && get16(out + 10) == 0);
+	CHECK((out[3] & 0x0F) == 1);
+}
+
+static void
+test_pending_ids(void)
+{
+	static uint8_t seen[65536];
+	int slots[MAX_PENDING], i, n = 0, ok = 1;
+	uint16_t key = 0x5A5A;
+
+	pending_init();
+	g.now_ms = 1000;
+	g.query_timeout_ms = 4000;
+	for (i = 0; i < MAX_PENDING; i++) {
+		int s = pending_alloc();
+
+		if (s < 0)
+			break;
+		slots[n++] = s;
+		g.pending[s].state = PENDING_SENT;
+		g.pending[s].upstream = 0;
+		g.pending[s].up_id = pending_make_id(s, key);
+		if (seen[g.pending[s].up_id])
+			ok = 0;
+		seen[g.pending[s].up_id] = 1;
+	}
+	CHECK(n == MAX_PENDING);
+	CHECK(ok);			/* IDs unique on a connection */
+	CHECK(pending_alloc() == -1);	/* table full */
+	/* every ID leads back to its slot, on its upstream only */
+	ok = 1;
+	for (i = 0; i < n; i++) {
+		if (pending_find(0, key, g.pending[slots[i]].up_id) !=
+		    slots[i])
+			ok = 0;
+		if (pending_find(1, key, g.pending[slots[i]].up_id) != -1)
+			ok = 0;
+	}
+	CHECK(ok);
+	/* the age list runs oldest first */
+	CHECK(g.age_head == slots[0] && g.age_tail == slots[n - 1]);
+	/* a freed and reused slot does not answer to its old ID */
+	{
+		int s = slots[5];
+		uint16_t old = g.pending[s].up_id;
+
+		pending_free(s);
+		CHECK(pending_find(0, key, old) == -1);
+		CHECK(pending_alloc() == s);
+		g.pending[s].state = PENDING_SENT;
+		g.pending[s].up_id = pending_make_id(s, key);
+		CHECK(g.pending[s].up_id != old);
+		CHECK(pending_find(0, key, old) == -1);
+		CHECK(g.age_tail == s);
+	}
+	for (i = 0; i < n; i++)
+		pending_free(slots[i]);
+	CHECK(g.n_free == MAX_PENDING);
+	CHECK(g.age_head == -1 && g.age_tail == -1);
+}
+
+static void
+test_specs(void)
+{
+	union sockaddr_u a;
+	socklen_t len;
+	uint16_t port;
+	struct upstream u;
+
+	CHECK(config_parse_port("53", &port) == 0 && port == 53);
+	CHECK(config_parse_port("65535", &port) == 0 && port == 65535);
+	CHECK(config_parse_port("0", &port) < 0);
+	CHECK(config_parse_port("65536", &port) < 0);
+	CHECK(config_parse_port("70000", &port) < 0);
+	CHECK(config_parse_port("", &port) < 0);
+	CHECK(config_parse_port("5x", &port) < 0);
+	CHECK(config_parse_port("-1", &port) < 0);
+
+	CHECK(config_parse_addr("127.0.0.1", 53, &a, &len) == 0 &&
+	    a.sa.sa_family == AF_INET && ntohs(a.sin.sin_port) == 53);
+	CHECK(config_parse_addr("127.0.0.1@5353", 53, &a, &len) == 0 &&
+	    ntohs(a.sin.sin_port) == 5353);
+	CHECK(config_parse_addr("127.0.0.1:5354", 53, &a, &len) == 0 &&
+	    ntohs(a.sin.sin_port) == 5354);
+	CHECK(config_parse_addr("::1", 53, &a, &len) == 0 &&
+	    a.sa.sa_family == AF_INET6 && ntohs(a.sin6.sin6_port) == 53);
+	CHECK(config_parse_addr("::@5300", 53, &a, &len) == 0 &&
+	    ntohs(a.sin6.sin6_port) == 5300);
+	CHECK(config_parse_addr("[::1]:5301", 53, &a, &len) == 0 &&
+	    ntohs(a.sin6.sin6_port) == 5301 && len == sizeof a.sin6);
+	CHECK(config_parse_addr("[2001:db8::1]", 53, &a, &len) == 0);
+	CHECK(config_parse_addr("1.2.3.4.5", 53, &a, &len) < 0);
+	CHECK(config_parse_addr("127.0.0.1@70000", 53, &a, &len) < 0);
+	CHECK(config_parse_addr("127.0.0.1@", 53, &a, &len) < 0);
+	CHECK(config_parse_addr("[::1", 53, &a, &len) < 0);
+	CHECK(config_parse_addr("[::1]x", 53, &a, &len) < 0);
+	CHECK(config_parse_addr("localhost", 53, &a, &len) < 0);
+	CHECK(config_parse_addr("", 53, &a, &len) < 0);
+
+	CHECK(config_valid_hostname("dns.google"));
+	CHECK(config_valid_hostname("one.one.one.one"));
+	CHECK(!config_valid_hostname(""));
+	CHECK(!config_valid_hostname("a..b"));
+	CHECK(!config_valid_hostname(".a"));
+	CHECK(!config_valid_hostname("a b"));
+	CHECK(!config_valid_hostname("a.b."));
+
+	memset(&u, 0, sizeof u);
+	CHECK(config_parse_upstream("1.1.1.1", &u) == NULL);
+	CHECK(strcmp(u.name, "cloudflare-dns.com") == 0);
+	CHECK(ntohs(u.addr.sin.sin_port) == 853);
+	CHECK(config_parse_upstream("8.8.4.4@853", &u) == NULL &&
+	    strcmp(u.name, "dns.google") == 0);
+	CHECK(config_parse_upstream("2620:fe::fe", &u) == NULL &&
+	    strcmp(u.name, "dns.quad9.net") == 0);
+	CHECK(config_parse_upstream("2606:4700:4700::1111@8853", &u) ==
+	    NULL && ntohs(u.addr.sin6.sin6_port) == 8853 &&
+	    strcmp(u.name, "cloudflare-dns.com") == 0);
+	CHECK(config_parse_upstream("127.0.0.1@8853#dns.test", &u) == NULL);
+	CHECK(strcmp(u.name, "dns.test") == 0);
+	CHECK(ntohs(u.addr.sin.sin_port) == 8853);
+	CHECK(strcmp(u.label, "127.0.0.1:8853 (dns.test)") == 0);
+	CHECK(config_parse_upstream("1.1.1.1#one.one.one.one", &u) == NULL &&
+	    strcmp(u.name, "one.one.one.one") == 0);
+	/* an unknown resolver needs a name, and the message says how */
+	CHECK(config_parse_upstream("192.0.2.1", &u) != NULL);
+	CHECK(strstr(config_parse_upstream("192.0.2.1", &u), "#") != NULL);
+	CHECK(config_parse_upstream("127.0.0.1@0#x", &u) != NULL);
+	CHECK(config_parse_upstream("127.0.0.1:853#x", &u) != NULL);
+	CHECK(config_parse_upstream("dns.google", &u) != NULL);
+	CHECK(config_parse_upstream("1.1.1.1#", &u) != NULL);
+	CHECK(config_parse_upstream("1.1.1.1#bad name", &u) != NULL);
+}
+
+static void
+test_misc(void)
+{
+	unsigned char q[512];
+	char buf[64], name[64];
+	size_t len;
+
+	CHECK(strcmp(util_br_error_name(BR_ERR_X509_NOT_TRUSTED, buf,
+	    sizeof buf), "BR_ERR_X509_NOT_TRUSTED") == 0);
+	CHECK(strcmp(util_br_error_name(BR_ERR_RECV_FATAL_ALERT + 40, buf,
+	    sizeof buf), "BR_ERR_RECV_FATAL_ALERT (alert 40)") == 0);
+	CHECK(strcmp(util_br_error_name(99, buf, sizeof buf),
+	    "BearSSL error 99") == 0);
+	len = mkquery(q, 1, "a.b.example", 1, 0, 0);
+	query_name_text(q, len, name, sizeof name);
+	CHECK(strcmp(name, "a.b.example.") == 0);
+	len = mkquery(q, 1, "", 2, 0, 0);
+	query_name_text(q, len, name, sizeof name);
+	CHECK(strcmp(name, ".") == 0);
+}
+
+int
+main(void)
+{
+	test_names();
+	test_parse_query();
+	test_answers();
+	test_strip_and_truncate();
+	test_errors();
+	test_pending_ids();
+	test_specs();
+	test_misc();
+	printf("%d passed, %d failed\n", n_pass, n_fail);
+	return n_fail != 0;
+}
