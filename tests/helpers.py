@@ -1,0 +1,685 @@
+"""Helpers for the dotproxy integration tests.
+
+Everything here talks to 127.0.0.1 / ::1 only.  The process helpers refuse to
+start dotproxy unless every upstream it could use is a loopback address.
+"""
+
+import os
+import select
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdata
+import dns.rdatatype
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+LOOPBACK_PREFIXES = ("127.", "::1")
+
+
+# ---------------------------------------------------------------- ports
+
+def ipv6_usable():
+    """True when ::1 can be bound and connected to."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.bind(("::1", 0))
+        s.close()
+        return True
+    except OSError:
+        return False
+
+
+def free_port(families=None):
+    """A port that is currently free for both UDP and TCP on 127.0.0.1
+    (and on ::1 when IPv6 works)."""
+    if families is None:
+        families = [(socket.AF_INET, "127.0.0.1")]
+        if ipv6_usable():
+            families.append((socket.AF_INET6, "::1"))
+    for _ in range(200):
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        if port < 1024:
+            continue
+        socks = []
+        try:
+            for fam, addr in families:
+                for typ in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    s = socket.socket(fam, typ)
+                    socks.append(s)
+                    if fam == socket.AF_INET6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    s.bind((addr, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port found")
+
+
+def wait_tcp_listening(host, port, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            s = socket.create_connection((host, port), timeout=0.5)
+            s.close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+# ---------------------------------------------------------------- dotproxy
+
+def _is_loopback_spec(spec):
+    ip = spec.split("#", 1)[0]
+    if ip.startswith("["):
+        ip = ip[1:].split("]", 1)[0]
+    else:
+        ip = ip.split("@", 1)[0]
+    return ip.startswith("127.") or ip == "::1"
+
+
+def check_safe_args(args, env):
+    """Refuse any dotproxy command line whose upstream could be non-loopback
+    or whose listener could be port 53 / a non-loopback address."""
+    ups, listens = [], []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        for short, long_, dest in (("-u", "--upstream", ups), ("-l", "--listen", listens)):
+            if a in (short, long_) and i + 1 < len(args):
+                dest.append(args[i + 1])
+                i += 1
+            elif a.startswith(long_ + "="):
+                dest.append(a[len(long_) + 1:])
+            elif a.startswith(short) and len(a) > 2 and not a.startswith("--"):
+                dest.append(a[2:])
+        i += 1
+    if not ups:
+        ds = (env or {}).get("DOT_SERVER")
+        if not ds:
+            raise AssertionError("test bug: dotproxy started without a loopback upstream")
+        ups = [s for s in ds.split(",") if s]
+    for u in ups:
+        if not _is_loopback_spec(u):
+            raise AssertionError("test bug: non-loopback upstream %r" % u)
+    if not listens:
+        raise AssertionError("test bug: dotproxy started without an explicit -l")
+    for l in listens:
+        if not (l.startswith("127.") or l.startswith("[::1]") or l.startswith("::1")):
+            raise AssertionError("test bug: non-loopback listener %r" % l)
+
+
+def proxy_env(extra=None):
+    env = dict(os.environ)
+    env.pop("DOT_SERVER", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+class DotProxy:
+    """A running dotproxy.  .proc, .port, .lines (stderr lines), .stop()."""
+
+    def __init__(self, binary, args, env=None, port=None, host="127.0.0.1",
+                 ready_timeout=5.0, cmd_prefix=None):
+        self.binary = binary
+        self.args = list(args)
+        self.port = port
+        self.host = host
+        self.lines = []
+        self._cv = threading.Condition()
+        env = proxy_env(env)
+        check_safe_args(self.args, env)
+        cmd = list(cmd_prefix or []) + [binary] + self.args
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env=env)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self.wait_for("ready", ready_timeout):
+            rc = self.proc.poll()
+            self.stop()
+            raise AssertionError("dotproxy did not log 'ready' within %.1fs (exit %r); "
+                                 "cmd=%r\nstderr:\n%s" % (ready_timeout, rc, cmd, self.log()))
+
+    def _read(self):
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._cv:
+                self.lines.append(line)
+                self._cv.notify_all()
+        with self._cv:
+            self._cv.notify_all()
+
+    def wait_for(self, text, timeout, exclude=" -> "):
+        """Wait until a stderr line contains `text` (and not `exclude`: the
+        debug state-change lines "upstream X: handshaking -> ready" do not count)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                if any(text in l and not (exclude and exclude in l) for l in self.lines):
+                    return True
+                if self.proc.poll() is not None and not self._reader.is_alive():
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(min(left, 0.1))
+
+    def count(self, text):
+        with self._cv:
+            return sum(1 for l in self.lines if text in l)
+
+    def log(self):
+        with self._cv:
+            return "\n".join(self.lines)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=3.0):
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(2)
+        return self.proc.returncode
+
+
+def run_dotproxy(binary, args, env=None, timeout=5.0, cmd_prefix=None, check_safe=True):
+    """Run dotproxy expecting it to exit by itself (option errors, --help).
+    Returns CompletedProcess (text).  Kills it after `timeout`."""
+    env = proxy_env(env)
+    if check_safe:
+        check_safe_args(args, env)
+    cmd = list(cmd_prefix or []) + [binary] + list(args)
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        return subprocess.CompletedProcess(cmd, None, out.decode(errors="replace"),
+                                           err.decode(errors="replace"))
+    return subprocess.CompletedProcess(cmd, p.returncode, out.decode(errors="replace"),
+                                       err.decode(errors="replace"))
+
+
+# ---------------------------------------------------------------- DNS helpers
+
+def make_query(name, rdtype="A", qid=None, use_edns=None, payload=1232):
+    if use_edns is None or use_edns is False:
+        q = dns.message.make_query(name, rdtype, use_edns=False)
+    else:
+        q = dns.message.make_query(name, rdtype, use_edns=0, payload=payload)
+    if qid is not None:
+        q.id = qid
+    return q
+
+
+def query_udp(port, name, rdtype="A", host="127.0.0.1", timeout=3.0, **kw):
+    q = make_query(name, rdtype, **kw)
+    return dns.query.udp(q, host, port=port, timeout=timeout, ignore_unexpected=True,
+                         raise_on_truncation=False)
+
+
+def query_tcp(port, name, rdtype="A", host="127.0.0.1", timeout=3.0, **kw):
+    q = make_query(name, rdtype, **kw)
+    return dns.query.tcp(q, host, port=port, timeout=timeout)
+
+
+def _family(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def udp_exchange(port, wire, host="127.0.0.1", timeout=2.0):
+    """Send raw bytes over UDP, return the raw reply or None on timeout."""
+    s = socket.socket(_family(host), socket.SOCK_DGRAM)
+    try:
+        s.settimeout(timeout)
+        s.sendto(wire, (host, port))
+        try:
+            data, _ = s.recvfrom(65535)
+            return data
+        except socket.timeout:
+            return None
+    finally:
+        s.close()
+
+
+def tcp_connect(port, host="127.0.0.1", timeout=3.0):
+    s = socket.create_connection((host, port), timeout=timeout)
+    s.settimeout(timeout)
+    return s
+
+
+def recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("connection closed after %d of %d bytes" % (len(buf), n))
+        buf += chunk
+    return buf
+
+
+def tcp_send_msg(s, wire):
+    s.sendall(struct.pack("!H", len(wire)) + wire)
+
+
+def tcp_recv_msg(s):
+    (n,) = struct.unpack("!H", recv_exact(s, 2))
+    return recv_exact(s, n)
+
+
+def tcp_exchange(port, wire, host="127.0.0.1", timeout=3.0):
+    s = tcp_connect(port, host, timeout)
+    try:
+        tcp_send_msg(s, wire)
+        return tcp_recv_msg(s)
+    finally:
+        s.close()
+
+
+def a_addrs(resp, name=None):
+    out = set()
+    for rrset in resp.answer:
+        if rrset.rdtype == dns.rdatatype.A and (name is None or rrset.name == dns.name.from_text(name)):
+            out |= {r.address for r in rrset}
+    return out
+
+
+def rcode(resp):
+    return resp.rcode()
+
+
+def wait_until(pred, timeout, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- unbound
+
+def write_unbound_conf(workdir, pki, port, v6):
+    big1 = " ".join('"%s"' % (c * 250) for c in "xyz")
+    big2 = " ".join('"%s"' % (c * 250) for c in "ab")
+    ifaces = "  interface: 127.0.0.1@%d\n" % port
+    if v6:
+        ifaces += "  interface: ::1@%d\n" % port
+    conf = f"""server:
+  username: ""
+  chroot: ""
+  directory: "{workdir}"
+  pidfile: "{workdir}/unbound.pid"
+  use-syslog: no
+  logfile: "{workdir}/unbound.log"
+  verbosity: 1
+  num-threads: 1
+  do-daemonize: no
+{ifaces}  tls-port: {port}
+  tls-service-key: "{pki}/leaf.key"
+  tls-service-pem: "{pki}/chain.pem"
+  incoming-num-tcp: 1000
+  tcp-idle-timeout: 60000
+  edns-tcp-keepalive: yes
+  access-control: 127.0.0.0/8 allow
+  access-control: ::1 allow
+  do-ip4: yes
+  do-ip6: {"yes" if v6 else "no"}
+  do-udp: yes
+  do-tcp: yes
+  module-config: "iterator"
+  # answer everything from local data: never recurse (no traffic leaves the host)
+  local-zone: "." static
+  local-zone: "bench.test." redirect
+  local-data: "bench.test. 300 IN A 192.0.2.1"
+  local-zone: "example.test." static
+  local-data: "example.test. 60 IN A 192.0.2.10"
+  local-data: "example.test. 60 IN A 192.0.2.11"
+  local-data: "example.test. 60 IN AAAA 2001:db8::10"
+  local-data: 'big.example.test. 60 IN TXT {big1}'
+  local-data: 'big.example.test. 60 IN TXT {big2}'
+remote-control:
+  control-enable: no
+"""
+    path = os.path.join(workdir, "unbound.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+class Unbound:
+    def __init__(self, workdir, pki, v6):
+        self.workdir = workdir
+        self.pki = pki
+        self.v6 = v6
+        os.makedirs(workdir, exist_ok=True)
+        self.port = free_port()
+        self.conf = write_unbound_conf(workdir, pki, self.port, v6)
+        self.out = open(os.path.join(workdir, "unbound.out"), "wb")
+        self.proc = subprocess.Popen(["/usr/sbin/unbound", "-d", "-c", self.conf],
+                                     stdin=subprocess.DEVNULL, stdout=self.out,
+                                     stderr=subprocess.STDOUT)
+        ok = False
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                r = dot_query(("127.0.0.1", self.port), make_query("example.test", "A"),
+                              cafile=os.path.join(pki, "root.pem"), timeout=1.0)
+                if {"192.0.2.10", "192.0.2.11"} <= a_addrs(r):
+                    ok = True
+                    break
+            except (OSError, EOFError, ssl.SSLError):
+                time.sleep(0.1)
+        if not ok:
+            self.stop()
+            raise RuntimeError("unbound DoT upstream did not come up; log:\n%s" % self.logtext())
+
+    def logtext(self):
+        out = []
+        for f in ("unbound.out", "unbound.log"):
+            p = os.path.join(self.workdir, f)
+            if os.path.exists(p):
+                out.append(open(p, errors="replace").read())
+        return "\n".join(out)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.out.close()
+
+
+def dot_query(addr, q, cafile, server_hostname="dns.test", timeout=2.0):
+    """One DNS query over TLS (for checking the fixtures themselves)."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.check_hostname = True
+    raw = socket.create_connection(addr, timeout=timeout)
+    try:
+        with ctx.wrap_socket(raw, server_hostname=server_hostname) as s:
+            s.settimeout(timeout)
+            tcp_send_msg(s, q.to_wire())
+            return dns.message.from_wire(tcp_recv_msg(s))
+    finally:
+        raw.close()
+
+
+# ---------------------------------------------------------------- counting relay
+
+class CountingRelay:
+    """Plain TCP forwarder 127.0.0.1:port -> target, counting accepted
+    connections.  start()/stop() may be called repeatedly (same port)."""
+
+    def __init__(self, target, port=None, host="127.0.0.1"):
+        self.target = target
+        self.host = host
+        self.port = port or free_port()
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._lsock = None
+        self._conns = []
+        self._threads = []
+        self._stopping = threading.Event()
+
+    def start(self):
+        self._stopping.clear()
+        ls = socket.socket(_family(self.host), socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((self.host, self.port))
+        ls.listen(64)
+        self._lsock = ls
+        t = threading.Thread(target=self._accept_loop, args=(ls,), daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def _accept_loop(self, ls):
+        while not self._stopping.is_set():
+            try:
+                r, _, _ = select.select([ls], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            if not r:
+                continue
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.accepted += 1
+            try:
+                u = socket.create_connection(self.target, timeout=3)
+                u.settimeout(None)
+            except OSError:
+                c.close()
+                continue
+            with self._lock:
+                self._conns += [c, u]
+            t = threading.Thread(target=self._pump, args=(c, u), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _pump(self, a, b):
+        socks = [a, b]
+        try:
+            while not self._stopping.is_set():
+                r, _, _ = select.select(socks, [], [], 0.1)
+                for s in r:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    (b if s is a else a).sendall(data)
+        except (OSError, ValueError):
+            pass
+        finally:
+            for s in socks:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close_connections(self):
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def stop(self):
+        """Stop listening (connects get refused) and close all connections."""
+        self._stopping.set()
+        if self._lsock is not None:
+            self._lsock.close()
+            self._lsock = None
+        self.close_connections()
+        for t in self._threads:
+            t.join(2)
+        self._threads = []
+
+
+# ---------------------------------------------------------------- fake DoT upstream
+
+class FakeDoT:
+    """A minimal DoT server (TLS 1.2, Python ssl) for fault injection.
+
+    mode "silent":   completes the handshake, reads queries, never answers.
+    mode "answer":   answers every query with A 192.0.2.99; after
+                     `close_after` answers on one connection it closes it.
+    """
+
+    ANSWER_ADDR = "192.0.2.99"
+
+    def __init__(self, chain, key, mode="answer", close_after=None, host="127.0.0.1"):
+        self.mode = mode
+        self.close_after = close_after
+        self.host = host
+        self.port = free_port()
+        self.connections = 0          # TCP connections accepted
+        self.handshakes = 0           # TLS handshakes completed
+        self.queries = 0              # queries read
+        self.answers = 0              # answers sent
+        self.handshake_errors = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._socks = []
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(chain, key)
+        self.ctx = ctx
+        ls = socket.socket(_family(host), socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((host, self.port))
+        ls.listen(64)
+        self._lsock = ls
+        self._threads = [threading.Thread(target=self._accept_loop, daemon=True)]
+        self._threads[0].start()
+
+    def _accept_loop(self):
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([self._lsock], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            if not r:
+                continue
+            try:
+                c, _ = self._lsock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                self._socks.append(c)
+            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, raw):
+        raw.settimeout(5)
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError) as e:
+            with self._lock:
+                self.handshake_errors.append(repr(e))
+            raw.close()
+            return
+        with self._lock:
+            self.handshakes += 1
+            self._socks.append(s)
+        s.settimeout(0.2)
+        answered = 0
+        buf = b""
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = s.recv(65536)
+                except (socket.timeout, ssl.SSLWantReadError):
+                    continue
+                if not data:
+                    break
+                buf += data
+                while len(buf) >= 2:
+                    (n,) = struct.unpack("!H", buf[:2])
+                    if len(buf) < 2 + n:
+                        break
+                    wire, buf = buf[2:2 + n], buf[2 + n:]
+                    with self._lock:
+                        self.queries += 1
+                    if self.mode == "silent":
+                        continue
+                    q = dns.message.from_wire(wire)
+                    r = dns.message.make_response(q)
+                    qn = q.question[0]
+                    if qn.rdtype == dns.rdatatype.A:
+                        rr = r.find_rrset(r.answer, qn.name, qn.rdclass, qn.rdtype, create=True)
+                        rr.add(dns.rdata.from_text(qn.rdclass, qn.rdtype, self.ANSWER_ADDR), 60)
+                    out = r.to_wire()
+                    answered += 1
+                    with self._lock:
+                        self.answers += 1   # counted before the client can see it
+                    s.settimeout(5)
+                    s.sendall(struct.pack("!H", len(out)) + out)
+                    s.settimeout(0.2)
+                    if self.close_after is not None and answered >= self.close_after:
+                        raise _CloseNow()
+        except _CloseNow:
+            pass
+        except (OSError, ssl.SSLError, dns.exception.DNSException):
+            pass
+        finally:
+            try:
+                s.settimeout(0.5)
+                s.unwrap()
+            except (OSError, ssl.SSLError, ValueError):
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+            try:
+                raw.close()
+            except OSError:
+                pass
+
+    def stop(self):
+        self._stop.set()
+        try:
+            self._lsock.close()
+        except OSError:
+            pass
+        with self._lock:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join(2)
+
+
+class _CloseNow(Exception):
+    pass
+
