@@ -509,12 +509,14 @@ util_br_error_name(int err, char *buf, size_t buflen)
 #define DNS_OPT_FIXED_BYTES	11	/* root name, type, class, TTL, RDLEN */
 
 /*
- * Checks an uncompressed name at off (the question's form: RFC 1035
- * 4.1.4 allows pointers, but no client points into the header, and a
- * pointer is how a question loops). Returns the offset past it, or 0.
+ * Walks a name at off without following pointers (so no loop is
+ * possible): a pointer ends it when allow_ptr, and is an error otherwise
+ * (the question's form: RFC 1035 4.1.4 allows pointers there, but no
+ * client points into the header, and a pointer is how a question loops).
+ * Returns the offset past the name, or 0 if it is malformed.
  */
 static size_t
-dns_check_name(const unsigned char *m, size_t len, size_t off)
+dns_walk_name(const unsigned char *m, size_t len, size_t off, int allow_ptr)
 {
 	size_t total = 0;
 
@@ -524,6 +526,8 @@ dns_check_name(const unsigned char *m, size_t len, size_t off)
 		if (off >= len)
 			return 0;
 		lab = m[off];
+		if ((lab & 0xC0) == 0xC0 && allow_ptr)
+			return off + 2 <= len ? off + 2 : 0;
 		if (lab > DNS_LABEL_MAX_BYTES)	/* pointer or reserved type */
 			return 0;
 		total += lab + 1;
@@ -535,32 +539,16 @@ dns_check_name(const unsigned char *m, size_t len, size_t off)
 	}
 }
 
-/*
- * Skips a possibly compressed name without following pointers (so no
- * loop is possible). Returns the offset past it, or 0 if malformed.
- */
+static size_t
+dns_check_name(const unsigned char *m, size_t len, size_t off)
+{
+	return dns_walk_name(m, len, off, 0);
+}
+
 static size_t
 dns_skip_name(const unsigned char *m, size_t len, size_t off)
 {
-	size_t total = 0;
-
-	for (;;) {
-		unsigned lab;
-
-		if (off >= len)
-			return 0;
-		lab = m[off];
-		if ((lab & 0xC0) == 0xC0)
-			return off + 2 <= len ? off + 2 : 0;
-		if (lab > DNS_LABEL_MAX_BYTES)
-			return 0;
-		total += lab + 1;
-		if (total > DNS_NAME_MAX_BYTES)
-			return 0;
-		off += lab + 1;
-		if (lab == 0)
-			return off;
-	}
+	return dns_walk_name(m, len, off, 1);
 }
 
 /*
