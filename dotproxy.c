@@ -100,14 +100,25 @@
 #define CLIENT_IN_BYTES		(2 + QUERY_MAX_BYTES + 2)
 #define CLIENT_OUT_BYTES	(2 + MSG_MAX_BYTES + 4096)
 #define AUTHNAME_MAX_BYTES	253	/* text form of a host name */
+#define PAD_BLOCK_BYTES		128	/* RFC 8467 4.1 query policy; --padding */
+#define PAD_BLOCK_MAX_BYTES	1024
+#define PENDING_QUERY_BYTES	(QUERY_MAX_BYTES + DNS_OPT_BYTES + 4 + \
+				 PAD_BLOCK_MAX_BYTES)	/* padded query */
+#define DNS_OPT_BYTES		11	/* OPT RR without options */
 
-#define QUERY_TIMEOUT_MS	4000	/* dig gives up at 5 s; answer first */
+#define QUERY_TIMEOUT_MS	4000	/* dig gives up at 5 s; answer first;
+					 * --timeout */
 #define HANDSHAKE_TIMEOUT_MS	5000	/* TCP connect + TLS handshake */
-#define UPSTREAM_IDLE_MS	9000	/* below Cloudflare's 10 s (stubby#183) */
+#define UPSTREAM_IDLE_MS	9000	/* below Cloudflare's 10 s (stubby#183);
+					 * --idle-timeout */
+#define STALL_MIN_MS		1000	/* a connection silent for max(this,
+					 * timeout / 2) with queries in flight
+					 * is dead (half-open after a WAN change) */
 #define CLOSE_TIMEOUT_MS	1000	/* wait for close_notify to go out */
 #define CLIENT_IDLE_MS		10000	/* idle TCP client (RFC 7766 6.2.3) */
 #define BACKOFF_MIN_MS		500	/* after a failed connection ... */
-#define BACKOFF_MAX_MS		10000	/* ... doubling, capped (stubby#373) */
+#define BACKOFF_MAX_MS		10000	/* ... doubling, capped (stubby#373);
+					 * --max-backoff */
 #define MAX_SELECT_MS		1000
 #define LOG_RATE_MS		10000	/* repeatable warnings: one per 10 s */
 
@@ -188,6 +199,8 @@ struct upstream {
 	int64_t deadline_ms;		/* CONNECTING/HANDSHAKING/CLOSING */
 	int64_t idle_since_ms;		/* READY with nothing in flight */
 	int64_t retry_at_ms;		/* BACKOFF end */
+	int64_t progress_ms;		/* last byte received, or first query
+					 * sent after an idle spell */
 	unsigned backoff_ms;
 	uint16_t id_key;		/* XOR key for IDs on this connection */
 	int queue_head, queue_tail;	/* FIFO of QUEUED pending slots */
@@ -263,7 +276,11 @@ enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 static struct proxy {
 	int log_level;
 	int64_t now_ms;
-	unsigned query_timeout_ms;
+	unsigned query_timeout_ms;	/* --timeout */
+	unsigned idle_timeout_ms;	/* --idle-timeout */
+	unsigned max_backoff_ms;	/* --max-backoff */
+	unsigned pad_block;		/* --padding; 0 = off */
+	int none_usable;		/* "no upstream" logged, not yet fixed */
 	struct listener listeners[MAX_LISTENERS];
 	size_t n_listeners;
 	struct upstream upstreams[MAX_UPSTREAMS];
@@ -275,7 +292,7 @@ static struct proxy {
 	struct client_conn clients[MAX_TCP_CLIENTS];
 	/* Buffers apart from the structs that own them, so that setting up
 	 * a struct does not touch (and make resident) its buffer's pages. */
-	unsigned char query_bytes[MAX_PENDING][QUERY_MAX_BYTES];
+	unsigned char query_bytes[MAX_PENDING][PENDING_QUERY_BYTES];
 	unsigned char client_in[MAX_TCP_CLIENTS][CLIENT_IN_BYTES];
 	unsigned char client_out[MAX_TCP_CLIENTS][CLIENT_OUT_BYTES];
 	const br_x509_trust_anchor *tas;
@@ -506,7 +523,9 @@ util_br_error_name(int err, char *buf, size_t buflen)
 #define DNS_FLAG_RD		0x01	/* byte 2 */
 #define DNS_FLAG_RA		0x80	/* byte 3 */
 #define DNS_FLAG_CD		0x10	/* byte 3 */
-#define DNS_OPT_FIXED_BYTES	11	/* root name, type, class, TTL, RDLEN */
+#define DNS_OPT_FIXED_BYTES	DNS_OPT_BYTES	/* root, type, class, TTL,
+					 * RDLEN */
+#define EDNS_OPTION_PADDING	12	/* RFC 7830 */
 
 /*
  * Walks a name at off without following pointers (so no loop is
@@ -752,9 +771,108 @@ dns_make_error(unsigned char *out, const unsigned char *query, size_t qend,
 }
 
 /*
+ * Copies the options of the OPT record at [s, e) into out, leaving out any
+ * Padding option. Returns their length, or -1 if an option overruns.
+ */
+static long
+dns_opt_options(const unsigned char *m, size_t s, size_t e, unsigned char *out)
+{
+	size_t o = s + DNS_OPT_BYTES, n = 0;
+
+	while (o + 4 <= e) {
+		size_t olen = get16(m + o + 2);
+
+		if (o + 4 + olen > e)
+			return -1;
+		if (get16(m + o) != EDNS_OPTION_PADDING) {
+			memcpy(out + n, m + o, 4 + olen);
+			n += 4 + olen;
+		}
+		o += 4 + olen;
+	}
+	return o == e ? (long)n : -1;
+}
+
+/*
+ * Pads a query so that its length is a multiple of block (RFC 7830,
+ * RFC 8467 4.1: 128 for queries), in place in a buffer of cap bytes. The
+ * OPT record the client sent keeps its size, flags and options (an old
+ * Padding option is replaced) and moves last; a client without one gets
+ * ours (size UDP_ADVERTISE_BYTES, DO clear). A query with other
+ * additional records (TSIG must stay last) is left alone. Returns the new
+ * length, or 0 if the query is left alone or does not fit: the caller
+ * MUST then use the unpadded copy.
+ */
+static size_t
+dns_pad_query(unsigned char *m, size_t len, size_t cap, size_t qend,
+    size_t block)
+{
+	unsigned char opt[DNS_OPT_BYTES] = { 0, 0, DNS_TYPE_OPT };
+	unsigned char opts[QUERY_MAX_BYTES];
+	size_t s, e, total, pad;
+	long optslen = 0;
+	int r = dns_find_opt(m, len, qend, &s, &e);
+
+	if (r < 0 || get16(m + 10) != (unsigned)r || len > QUERY_MAX_BYTES)
+		return 0;
+	put16(opt + 3, UDP_ADVERTISE_BYTES);
+	if (r == 1) {
+		memcpy(opt, m + s, DNS_OPT_BYTES - 2);	/* all but RDLEN */
+		optslen = dns_opt_options(m, s, e, opts);
+		if (optslen < 0)
+			return 0;
+		memmove(m + s, m + e, len - e);
+		len -= e - s;
+		put16(m + 10, 0);
+	}
+	total = len + DNS_OPT_BYTES + (size_t)optslen + 4;
+	pad = (block - total % block) % block;
+	if (total + pad > cap)
+		return 0;
+	memcpy(m + len, opt, DNS_OPT_BYTES - 2);
+	put16(m + len + DNS_OPT_BYTES - 2, (unsigned)optslen + 4 + pad);
+	len += DNS_OPT_BYTES;
+	memcpy(m + len, opts, (size_t)optslen);
+	len += (size_t)optslen;
+	put16(m + len, EDNS_OPTION_PADDING);
+	put16(m + len + 2, pad);
+	memset(m + len + 4, 0, pad);
+	put16(m + 10, 1);
+	return len + 4 + pad;
+}
+
+/*
+ * Removes the Padding option from an answer's OPT record: padding is for
+ * the encrypted hop only, and would cost a UDP client bytes (and TC).
+ * Returns the new length, or 0 if the message is malformed.
+ */
+static size_t
+dns_strip_padding(unsigned char *m, size_t len, size_t qend)
+{
+	unsigned char opts[MSG_MAX_BYTES];
+	size_t s, e, cut;
+	long n;
+	int r = dns_find_opt(m, len, qend, &s, &e);
+
+	if (r <= 0)
+		return r < 0 ? 0 : len;
+	n = dns_opt_options(m, s, e, opts);
+	if (n < 0)
+		return 0;
+	cut = e - s - DNS_OPT_BYTES - (size_t)n;
+	if (cut == 0)
+		return len;
+	memcpy(m + s + DNS_OPT_BYTES, opts, (size_t)n);
+	put16(m + s + DNS_OPT_BYTES - 2, (unsigned)n);
+	memmove(m + e - cut, m + e, len - e);
+	return len - cut;
+}
+
+/*
  * Prepares an upstream's answer for its client, in place: the client's
  * ID, the client's spelling of the question (the names are equal but for
- * case), no OPT if the client sent none, and TC truncation for UDP when
+ * case), no OPT if the client sent none and no Padding option if it
+ * did, and TC truncation for UDP when
  * udp_limit != 0. Returns the new length, or 0 if the answer is malformed.
  */
 static size_t
@@ -764,8 +882,9 @@ dns_answer_for_client(unsigned char *m, size_t len, const unsigned char *query,
 	put16(m, client_id);
 	memcpy(m + 2 + 2 + 8, query + DNS_HEADER_BYTES,
 	    qend - DNS_HEADER_BYTES);
-	if (!client_opt && get16(m + 10) != 0) {
-		len = dns_strip_opt(m, len, qend);
+	if (get16(m + 10) != 0) {
+		len = client_opt ? dns_strip_padding(m, len, qend) :
+		    dns_strip_opt(m, len, qend);
 		if (len == 0)
 			return 0;
 	}
@@ -1066,6 +1185,7 @@ static void query_receive(const unsigned char *msg, size_t len,
 #define UPSTREAM_ERR_TIMEOUT	20001
 #define UPSTREAM_ERR_EOF	20002
 #define UPSTREAM_ERR_PROTOCOL	20003
+#define UPSTREAM_ERR_STALL	20004
 
 static const uint16_t upstream_suites[] = {
 	/* AES-GCM first: AES-NI makes it the cheapest on x86 and ARMv8;
@@ -1156,8 +1276,8 @@ upstream_set_state(struct upstream *u, enum upstream_state st)
 		break;
 	case UPSTREAM_BACKOFF:
 		u->retry_at_ms = g.now_ms + u->backoff_ms;
-		u->backoff_ms = u->backoff_ms * 2 > BACKOFF_MAX_MS ?
-		    BACKOFF_MAX_MS : u->backoff_ms * 2;
+		u->backoff_ms = u->backoff_ms * 2 > g.max_backoff_ms ?
+		    g.max_backoff_ms : u->backoff_ms * 2;
 		break;
 	case UPSTREAM_DISCONNECTED:
 	case UPSTREAM_HANDSHAKING:
@@ -1259,6 +1379,17 @@ upstream_teardown(struct upstream *u)
 	}
 }
 
+/* Logs, once until an upstream works again, that none is usable. */
+static void
+upstream_none_usable(void)
+{
+	if (g.none_usable)
+		return;
+	g.none_usable = 1;
+	log_warn("no upstream available: answering SERVFAIL until one is "
+	    "back");
+}
+
 /* Moves the queue of a failed upstream to the next usable one, or
  * answers SERVFAIL when none is left. */
 static void
@@ -1271,10 +1402,12 @@ upstream_migrate_queue(struct upstream *u)
 		if (u->queue_head < 0)
 			u->queue_tail = -1;
 		to = upstream_pick();
-		if (to >= 0)
+		if (to >= 0) {
 			upstream_enqueue(&g.upstreams[to], slot);
-		else
+		} else {
+			upstream_none_usable();
 			query_fail(slot, DNS_RCODE_SERVFAIL);
+		}
 	}
 }
 
@@ -1478,6 +1611,8 @@ upstream_inject(struct upstream *u)
 			injected = 0;
 			break;
 		}
+		if (u->inflight == 0)
+			u->progress_ms = g.now_ms;
 		p->up_id = pending_make_id(slot, u->id_key);
 		put16(p->query, p->up_id);
 		put16(buf, p->qlen);
@@ -1535,6 +1670,7 @@ upstream_pump(struct upstream *u)
 			else
 				log_debug("upstream %s: connected", u->label);
 			u->last_err = 0;
+			g.none_usable = 0;
 			upstream_set_state(u, UPSTREAM_READY);
 		}
 		buf = br_ssl_engine_recvapp_buf(eng, &len);
@@ -1603,6 +1739,7 @@ upstream_on_readable(struct upstream *u)
 		upstream_fail_errno(u, "receive failed", errno);
 		return;
 	}
+	u->progress_ms = g.now_ms;
 	if (n == 0) {
 		/* EOF without close_notify. After the handshake this is how
 		 * most servers end an idle connection: not a failure. */
@@ -1617,7 +1754,44 @@ upstream_on_readable(struct upstream *u)
 	upstream_pump(u);
 }
 
-/* Deadlines of one upstream: handshake, idle close, close, backoff. */
+/* Milliseconds of silence, with queries in flight, after which a
+ * connection is taken for dead. */
+static int64_t
+upstream_stall_ms(void)
+{
+	return g.query_timeout_ms / 2 > STALL_MIN_MS ?
+	    g.query_timeout_ms / 2 : STALL_MIN_MS;
+}
+
+/*
+ * Nothing came back on a connection with queries in flight for
+ * upstream_stall_ms(): a dead server or a half-open connection (a WAN
+ * address change). With another upstream usable, this one is marked down
+ * and its queries go there; alone, it reconnects and sends them again.
+ */
+static void
+upstream_stalled(struct upstream *u)
+{
+	char what[96];
+	size_t i;
+
+	snprintf(what, sizeof what, "no answer for %lld ms",
+	    (long long)(g.now_ms - u->progress_ms));
+	for (i = 0; i < g.n_upstreams; i++) {
+		if (&g.upstreams[i] != u &&
+		    g.upstreams[i].state != UPSTREAM_BACKOFF) {
+			upstream_fail(u, UPSTREAM_ERR_STALL, what);
+			return;
+		}
+	}
+	if (u->last_err != UPSTREAM_ERR_STALL)
+		log_warn("upstream %s: %s: reconnecting", u->label, what);
+	u->last_err = UPSTREAM_ERR_STALL;
+	upstream_closed(u, "stalled connection closed");
+}
+
+/* Deadlines of one upstream: handshake, stall, idle close, close,
+ * backoff. */
 static void
 upstream_timers(struct upstream *u)
 {
@@ -1630,8 +1804,13 @@ upstream_timers(struct upstream *u)
 			    "connect timed out" : "handshake timed out");
 		break;
 	case UPSTREAM_READY:
+		if (u->inflight > 0 &&
+		    g.now_ms - u->progress_ms >= upstream_stall_ms()) {
+			upstream_stalled(u);
+			break;
+		}
 		if (u->inflight == 0 && u->queue_head < 0 &&
-		    g.now_ms - u->idle_since_ms >= UPSTREAM_IDLE_MS) {
+		    g.now_ms - u->idle_since_ms >= g.idle_timeout_ms) {
 			/* Close before the server does, so a query never
 			 * races a server-side close (stubby#346). */
 			br_ssl_engine_close(&u->sc.eng);
@@ -1662,7 +1841,8 @@ upstream_next_deadline(const struct upstream *u)
 	case UPSTREAM_CLOSING:
 		return u->deadline_ms;
 	case UPSTREAM_READY:
-		return u->idle_since_ms + UPSTREAM_IDLE_MS;
+		return u->inflight > 0 ? u->progress_ms + upstream_stall_ms() :
+		    u->idle_since_ms + g.idle_timeout_ms;
 	case UPSTREAM_BACKOFF:
 		return u->retry_at_ms;
 	case UPSTREAM_DISCONNECTED:
@@ -2201,9 +2381,18 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 	p->client_id = qi.id;
 	p->has_opt = (uint8_t)qi.has_opt;
 	p->udp_limit = from->kind == ORIGIN_UDP ? qi.udp_limit : 0;
-	p->qlen = (uint16_t)len;
 	p->qend = (uint16_t)qi.qend;
 	memcpy(p->query, msg, len);
+	if (g.pad_block != 0) {
+		size_t padded = dns_pad_query(p->query, len, PENDING_QUERY_BYTES,
+		    qi.qend, g.pad_block);
+
+		if (padded != 0)
+			len = padded;
+		else
+			memcpy(p->query, msg, len);	/* left as it came */
+	}
+	p->qlen = (uint16_t)len;
 	if (g.log_level >= LOG_DEBUG) {
 		char name[DNS_NAME_MAX_BYTES * 4 + 8];
 
@@ -2213,6 +2402,7 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 	}
 	up = upstream_pick();
 	if (up < 0) {
+		upstream_none_usable();
 		query_fail(slot, DNS_RCODE_SERVFAIL);
 		return;
 	}
@@ -2411,9 +2601,10 @@ static const char *const config_default_upstreams[] = {
 	"1.1.1.1", "1.0.0.1",
 };
 
-/* Parses a decimal port 1..65535. Returns 0 or -1. */
+/* Parses a decimal number in [min, max]. Returns 0 or -1. */
 static int
-config_parse_port(const char *s, uint16_t *port)
+config_parse_uint(const char *s, unsigned long min, unsigned long max,
+    unsigned long *out)
 {
 	unsigned long v = 0;
 
@@ -2423,13 +2614,38 @@ config_parse_port(const char *s, uint16_t *port)
 		if (*s < '0' || *s > '9')
 			return -1;
 		v = v * 10 + (unsigned long)(*s - '0');
-		if (v > 65535)
+		if (v > max)
 			return -1;
 	}
-	if (v == 0)
+	if (v < min)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* Parses a decimal port 1..65535. Returns 0 or -1. */
+static int
+config_parse_port(const char *s, uint16_t *port)
+{
+	unsigned long v;
+
+	if (config_parse_uint(s, 1, 65535, &v) < 0)
 		return -1;
 	*port = (uint16_t)v;
 	return 0;
+}
+
+/* Parses the value of a numeric option, or dies naming it. */
+static unsigned
+config_number(const char *opt, const char *s, unsigned long min,
+    unsigned long max, const char *unit)
+{
+	unsigned long v;
+
+	if (config_parse_uint(s, min, max, &v) < 0)
+		die("bad %s '%s' (want %s, %lu to %lu)", opt, s, unit, min,
+		    max);
+	return (unsigned)v;
 }
 
 /* Parses an IPv4 or IPv6 literal. Returns 0 or -1. */
@@ -2697,6 +2913,12 @@ config_usage(FILE *f)
 "                         compiled-in roots\n"
 "  -t, --timeout MS       answer SERVFAIL to a query not answered within MS\n"
 "                         milliseconds (default %d)\n"
+"      --idle-timeout MS  close an upstream connection idle for MS\n"
+"                         milliseconds (default %d)\n"
+"      --max-backoff MS   wait at most MS milliseconds before trying a\n"
+"                         failed upstream again (default %d)\n"
+"      --padding BLOCK    pad queries to a multiple of BLOCK bytes\n"
+"                         (RFC 8467; default %d, 0 for none)\n"
 "  -v, --verbose          log every event, query names included\n"
 "  -q, --quiet            log warnings and errors only\n"
 "  -h, --help             show this help\n"
@@ -2704,7 +2926,8 @@ config_usage(FILE *f)
 "\n"
 "Environment: DOT_SERVER=SPEC[,SPEC]... is used when no --upstream is given.\n"
 "Signals: SIGTERM and SIGINT stop it (exit status 0).\n",
-	    QUERY_TIMEOUT_MS);
+	    QUERY_TIMEOUT_MS, UPSTREAM_IDLE_MS, BACKOFF_MAX_MS,
+	    PAD_BLOCK_BYTES);
 }
 
 static void
@@ -2776,6 +2999,9 @@ main(int argc, char **argv)
 		{ "upstream", required_argument, NULL, 'u' },
 		{ "ca-file", required_argument, NULL, 'c' },
 		{ "timeout", required_argument, NULL, 't' },
+		{ "idle-timeout", required_argument, NULL, 'I' },
+		{ "max-backoff", required_argument, NULL, 'B' },
+		{ "padding", required_argument, NULL, 'P' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -2789,6 +3015,9 @@ main(int argc, char **argv)
 
 	g.log_level = LOG_INFO;
 	g.query_timeout_ms = QUERY_TIMEOUT_MS;
+	g.idle_timeout_ms = UPSTREAM_IDLE_MS;
+	g.max_backoff_ms = BACKOFF_MAX_MS;
+	g.pad_block = PAD_BLOCK_BYTES;
 	g.tas = TAs;
 	g.n_tas = TAs_NUM;
 	g.now_ms = time_now_ms();
@@ -2808,16 +3037,27 @@ main(int argc, char **argv)
 		case 'c':
 			ca_file = optarg;
 			break;
-		case 't': {
-			uint16_t ms;
-
-			if (config_parse_port(optarg, &ms) < 0 || ms < 100 ||
-			    ms > 60000)
-				die("bad --timeout '%s' (want milliseconds, "
-				    "100 to 60000)", optarg);
-			g.query_timeout_ms = ms;
+		case 't':
+			g.query_timeout_ms = config_number("--timeout", optarg,
+			    100, 60000, "milliseconds");
 			break;
-		}
+		case 'I':
+			g.idle_timeout_ms = config_number("--idle-timeout",
+			    optarg, 100, 3600000, "milliseconds");
+			break;
+		case 'B':
+			g.max_backoff_ms = config_number("--max-backoff",
+			    optarg, BACKOFF_MIN_MS, 3600000, "milliseconds");
+			break;
+		case 'P':
+			g.pad_block = config_number("--padding", optarg, 0,
+			    PAD_BLOCK_MAX_BYTES, "a block size in bytes, 0 for "
+			    "none, or");
+			if (g.pad_block != 0 && g.pad_block < 16)
+				die("bad --padding '%s' (want 0 for none, or a "
+				    "block size from 16 to %d bytes)", optarg,
+				    PAD_BLOCK_MAX_BYTES);
+			break;
 		case 'v':
 			g.log_level = LOG_DEBUG;
 			break;

@@ -496,6 +496,88 @@ test_misc(void)
 	CHECK(strcmp(name, ".") == 0);
 }
 
+static void
+test_padding(void)
+{
+	unsigned char q[PENDING_QUERY_BYTES], a[4096];
+	size_t qlen, len, s, e, qend;
+
+	/* no OPT: ours is added, length a multiple of 128, DO clear */
+	qlen = mkquery(q, 1, "example.test", 1, 0, 0);
+	qend = qlen;
+	len = dns_pad_query(q, qlen, sizeof q, qend, 128);
+	CHECK(len == 128);
+	CHECK(get16(q + 10) == 1);
+	CHECK(dns_find_opt(q, len, qend, &s, &e) == 1 && e == len);
+	CHECK(get16(q + s + 3) == UDP_ADVERTISE_BYTES);
+	CHECK(q[s + 7] == 0);
+	CHECK(get16(q + s + 11) == EDNS_OPTION_PADDING);
+	CHECK(get16(q + s + 13) == len - s - 15);
+	/* the client's OPT keeps its size and DO bit; an old padding option
+	 * and another option: the other stays, the padding is redone */
+	qlen = mkquery(q, 1, "example.test", 1, 0, 0);
+	qend = qlen;
+	{
+		static const unsigned char opt[] = {
+			0, 0, 41, 0x10, 0x00, 0, 0, 0x80, 0,
+			0, 14,				/* RDLEN */
+			0, 10, 0, 2, 0xAB, 0xCD,	/* a cookie-ish option */
+			0, 12, 0, 4, 0, 0, 0, 0,	/* old padding */
+		};
+
+		memcpy(q + qlen, opt, sizeof opt);
+		qlen += sizeof opt;
+		put16(q + 10, 1);
+	}
+	len = dns_pad_query(q, qlen, sizeof q, qend, 256);
+	CHECK(len == 256);
+	CHECK(dns_find_opt(q, len, qend, &s, &e) == 1);
+	CHECK(get16(q + s + 3) == 4096 && q[s + 7] == 0x80);
+	CHECK(get16(q + s + 11) == 10 && get16(q + s + 13) == 2);
+	CHECK(q[s + 15] == 0xAB && q[s + 16] == 0xCD);
+	CHECK(get16(q + s + 17) == EDNS_OPTION_PADDING);
+	/* already a multiple: a zero-length padding option */
+	qlen = mkquery(q, 1, "example.test", 1, 0, 0);
+	len = dns_pad_query(q, qlen, sizeof q, qlen, 16);
+	CHECK(len % 16 == 0);
+	/* a query with another additional record (TSIG-like) is left alone */
+	qlen = mkquery(q, 1, "example.test", 1, 1, 1232);
+	put16(q + 10, 2);
+	memcpy(q + qlen, "\0\0\1\0\1\0\0\0\0\0\0", 11);
+	CHECK(dns_pad_query(q, qlen + 11, sizeof q, qlen -
+	    DNS_OPT_BYTES, 128) == 0);
+	/* no room: refused */
+	qlen = mkquery(q, 1, "example.test", 1, 0, 0);
+	CHECK(dns_pad_query(q, qlen, 100, qlen, 128) == 0);
+
+	/* answers: padding stripped for a client with OPT, other options
+	 * kept; the whole OPT stripped for a client without */
+	qlen = mkquery(q, 1, "example.test", 1, 1, 1232);
+	qend = qlen - DNS_OPT_BYTES;
+	memcpy(a, q, qend);
+	len = mkanswer(a, qend, 2, 1);
+	{
+		size_t o = len - DNS_OPT_BYTES;	/* the OPT mkanswer wrote */
+		static const unsigned char opts[] = {
+			0, 12, 0, 3, 0, 0, 0,	/* padding */
+			0, 10, 0, 1, 0x77,	/* other */
+		};
+
+		put16(a + o + 9, sizeof opts);
+		memcpy(a + len, opts, sizeof opts);
+		len += sizeof opts;
+	}
+	s = dns_answer_for_client(a, len, q, qend, 1, 1, 0);
+	CHECK(s == len - 7);
+	CHECK(dns_find_opt(a, s, qend, &s, &e) == 1);
+	CHECK(get16(a + s + 9) == 5 && get16(a + s + 11) == 10);
+	CHECK(a[s + 15] == 0x77);
+	memcpy(a, q, qend);
+	len = mkanswer(a, qend, 2, 1);
+	len = dns_answer_for_client(a, len, q, qend, 1, 0, 0);
+	CHECK(len == qend + 2 * 16 && get16(a + 10) == 0);
+}
+
 int
 main(void)
 {
@@ -507,6 +589,7 @@ main(void)
 	test_pending_ids();
 	test_specs();
 	test_misc();
+	test_padding();
 	printf("%d passed, %d failed\n", n_pass, n_fail);
 	return n_fail != 0;
 }
