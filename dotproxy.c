@@ -66,6 +66,7 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
@@ -88,7 +89,9 @@
 #define MAX_PENDING		(1 << PENDING_SLOT_BITS) /* queries in flight */
 #define MAX_INFLIGHT_PER_CLIENT	64	/* per TCP connection (RFC 7766 6.2.1) */
 #define MAX_ATTEMPTS		3	/* sends of one query before SERVFAIL */
-#define UDP_BATCH		64	/* datagrams read per readable event */
+#define UDP_BATCH		64	/* datagrams per recvmmsg()/sendmmsg() */
+#define UDP_TX_SLOT_BYTES	1536	/* answers up to this size are batched;
+					 * larger ones are sent at once */
 
 #define DNS_HEADER_BYTES	12
 #define DNS_NAME_MAX_BYTES	255	/* RFC 1035 3.1, wire form */
@@ -206,12 +209,16 @@ struct upstream {
 	int queue_head, queue_tail;	/* FIFO of QUEUED pending slots */
 	size_t inject_off;		/* bytes of the head already injected */
 	size_t inflight;		/* SENT slots on this connection */
-	unsigned long n_queries, n_connects, n_failures;
+	unsigned long n_queries, n_connects, n_failures, n_resumed;
+	unsigned char offered_sid[32];	/* session ID offered for resumption */
+	size_t offered_sid_len;
 	size_t rlen;			/* bytes of answer stream in rbuf */
 	br_ssl_client_context sc;
 	br_x509_minimal_context xc;
 	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI]; /* full duplex: a send
 				 * never waits for an unread answer */
+	size_t in_off, in_len;		/* TLS bytes read, not yet fed */
+	unsigned char inbuf[BR_SSL_BUFSIZE_INPUT];
 	unsigned char rbuf[2 + MSG_MAX_BYTES];
 };
 
@@ -1187,16 +1194,22 @@ static void query_receive(const unsigned char *msg, size_t len,
 #define UPSTREAM_ERR_PROTOCOL	20003
 #define UPSTREAM_ERR_STALL	20004
 
-static const uint16_t upstream_suites[] = {
-	/* AES-GCM first: AES-NI makes it the cheapest on x86 and ARMv8;
-	 * the server picks anyway. All ECDHE (forward secrecy), all AEAD. */
-	BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-	BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+/*
+ * All ECDHE (forward secrecy), all AEAD. Which one runs is the server's
+ * choice, and servers often prefer ChaCha20; so a CPU with AES and
+ * carry-less multiply instructions offers AES-GCM only (3 to 4 times
+ * cheaper per byte there), and any other (a MIPS or ARM router) offers
+ * ChaCha20-Poly1305 first (constant-time AES is slow without them).
+ */
+static const uint16_t upstream_suites_soft[] = {
 	BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
 	BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+	BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
 	BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
 	BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
 };
+#define UPSTREAM_SUITES_AES_FIRST	2	/* offset of the AES-GCM suites */
 
 static const char *upstream_alpn[] = { "dot" };	/* RFC 7858 */
 
@@ -1227,8 +1240,14 @@ upstream_tls_init(struct upstream *u)
 
 	br_ssl_client_zero(&u->sc);
 	br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
-	br_ssl_engine_set_suites(eng, upstream_suites,
-	    sizeof upstream_suites / sizeof upstream_suites[0]);
+	if (br_aes_x86ni_ctr_get_vtable() != NULL && br_ghash_pclmul_get())
+		br_ssl_engine_set_suites(eng, upstream_suites_soft +
+		    UPSTREAM_SUITES_AES_FIRST, sizeof upstream_suites_soft /
+		    sizeof upstream_suites_soft[0] - UPSTREAM_SUITES_AES_FIRST);
+	else
+		br_ssl_engine_set_suites(eng, upstream_suites_soft,
+		    sizeof upstream_suites_soft /
+		    sizeof upstream_suites_soft[0]);
 	br_x509_minimal_init(&u->xc, &br_sha256_vtable, g.tas, g.n_tas);
 	for (i = 0; i < sizeof hashes / sizeof hashes[0]; i++) {
 		int id = (int)(hashes[i]->desc >> BR_HASHDESC_ID_OFF &
@@ -1361,6 +1380,7 @@ upstream_teardown(struct upstream *u)
 		close(u->fd);
 	u->fd = -1;
 	u->rlen = 0;
+	u->in_off = u->in_len = 0;
 	for (slot = MAX_PENDING - 1; slot >= 0; slot--) {
 		struct pending_query *p = &g.pending[slot];
 
@@ -1467,6 +1487,11 @@ upstream_connect(struct upstream *u)
 		return -1;
 	}
 	br_ssl_engine_inject_entropy(&u->sc.eng, seed, sizeof seed);
+	/* A server that resumes echoes the session ID (RFC 5246 7.4.1.3):
+	 * one round trip less than a full handshake. */
+	u->offered_sid_len = u->sc.eng.session.session_id_len;
+	memcpy(u->offered_sid, u->sc.eng.session.session_id,
+	    u->offered_sid_len);
 	if (!br_ssl_client_reset(&u->sc, u->name, 1)) {
 		char ebuf[64];
 
@@ -1490,6 +1515,7 @@ upstream_connect(struct upstream *u)
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	u->fd = fd;
 	u->rlen = 0;
+	u->in_off = u->in_len = 0;
 	u->n_connects++;
 	upstream_set_state(u, UPSTREAM_CONNECTING);
 	if (connect(fd, &u->addr.sa, u->addrlen) == 0) {
@@ -1633,6 +1659,47 @@ upstream_inject(struct upstream *u)
 	}
 }
 
+/* Names of the suites upstream_suites_soft offers, for logs. */
+static const char *
+upstream_suite_name(uint16_t suite)
+{
+	switch (suite) {
+	case BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256:
+		return "ECDHE-ECDSA-AES128-GCM-SHA256";
+	case BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256:
+		return "ECDHE-RSA-AES128-GCM-SHA256";
+	case BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256:
+		return "ECDHE-ECDSA-CHACHA20-POLY1305";
+	case BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256:
+		return "ECDHE-RSA-CHACHA20-POLY1305";
+	case BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384:
+		return "ECDHE-ECDSA-AES256-GCM-SHA384";
+	case BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384:
+		return "ECDHE-RSA-AES256-GCM-SHA384";
+	}
+	return "?";
+}
+
+/* The handshake just completed: logs it (info after a failure, else
+ * debug), and notes a resumed session. */
+static void
+upstream_on_handshake(struct upstream *u)
+{
+	const br_ssl_session_parameters *sp = &u->sc.eng.session;
+	const char *alpn = br_ssl_engine_get_selected_protocol(&u->sc.eng);
+	int resumed = u->offered_sid_len != 0 &&
+	    sp->session_id_len == u->offered_sid_len &&
+	    memcmp(sp->session_id, u->offered_sid, u->offered_sid_len) == 0;
+
+	if (resumed)
+		u->n_resumed++;
+	log_msg(u->last_err != 0 ? LOG_INFO : LOG_DEBUG, "upstream %s: "
+	    "connected%s (%s%s%s%s)", u->label, u->last_err != 0 ? " again" :
+	    "", upstream_suite_name(sp->cipher_suite),
+	    resumed ? ", resumed" : "", alpn ? ", ALPN " : "",
+	    alpn ? alpn : "");
+}
+
 /*
  * Runs the engine without system calls until nothing changes, then sends
  * what it produced. Called after every I/O event and once per loop pass.
@@ -1664,11 +1731,7 @@ upstream_pump(struct upstream *u)
 		}
 		if ((st & BR_SSL_SENDAPP) &&
 		    u->state == UPSTREAM_HANDSHAKING) {
-			if (u->last_err != 0)
-				log_info("upstream %s: connected again",
-				    u->label);
-			else
-				log_debug("upstream %s: connected", u->label);
+			upstream_on_handshake(u);
 			u->last_err = 0;
 			g.none_usable = 0;
 			upstream_set_state(u, UPSTREAM_READY);
@@ -1719,20 +1782,52 @@ upstream_on_writable(struct upstream *u)
 		upstream_pump(u);
 }
 
+/*
+ * Hands the bytes waiting in u->inbuf to the engine, record by record,
+ * draining each record's answers before the next (the engine holds one
+ * record at a time). Bytes the engine cannot take yet stay for the next
+ * pass (loop_run calls this again while any are left).
+ */
+static void
+upstream_feed(struct upstream *u)
+{
+	br_ssl_engine_context *eng = &u->sc.eng;
+	unsigned long conn = u->n_connects;
+
+	while (u->in_off < u->in_len) {
+		size_t len;
+		unsigned char *buf = br_ssl_engine_recvrec_buf(eng, &len);
+
+		if (buf == NULL) {
+			upstream_pump(u);
+			if (u->fd < 0 || u->n_connects != conn)
+				return;		/* torn down */
+			if (br_ssl_engine_recvrec_buf(eng, &len) == NULL)
+				return;		/* engine busy sending */
+			continue;
+		}
+		if (len > u->in_len - u->in_off)
+			len = u->in_len - u->in_off;
+		memcpy(buf, u->inbuf + u->in_off, len);
+		br_ssl_engine_recvrec_ack(eng, len);
+		u->in_off += len;
+	}
+	upstream_pump(u);
+}
+
+/*
+ * Reads what the socket has in one call into u->inbuf (BearSSL asks for a
+ * record's 5-byte header and its body separately: two system calls per
+ * record if it read the socket itself), then feeds the engine.
+ */
 static void
 upstream_on_readable(struct upstream *u)
 {
-	br_ssl_engine_context *eng = &u->sc.eng;
-	unsigned char *buf;
-	size_t len;
 	ssize_t n;
 
-	if (u->state == UPSTREAM_CONNECTING)
+	if (u->state == UPSTREAM_CONNECTING || u->in_off < u->in_len)
 		return;
-	buf = br_ssl_engine_recvrec_buf(eng, &len);
-	if (buf == NULL)
-		return;
-	n = recv(u->fd, buf, len, 0);
+	n = recv(u->fd, u->inbuf, sizeof u->inbuf, 0);
 	if (n < 0) {
 		if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
 			return;
@@ -1750,8 +1845,9 @@ upstream_on_readable(struct upstream *u)
 			upstream_closed(u, "closed by the server");
 		return;
 	}
-	br_ssl_engine_recvrec_ack(eng, (size_t)n);
-	upstream_pump(u);
+	u->in_off = 0;
+	u->in_len = (size_t)n;
+	upstream_feed(u);
 }
 
 /* Milliseconds of silence, with queries in flight, after which a
@@ -1865,7 +1961,7 @@ upstream_want(struct upstream *u, fd_set *rd, fd_set *wr, int *maxfd)
 		st = br_ssl_engine_current_state(&u->sc.eng);
 		if (st & BR_SSL_SENDREC)
 			FD_SET(u->fd, wr);
-		if (st & BR_SSL_RECVREC)
+		if ((st & BR_SSL_RECVREC) && u->in_off == u->in_len)
 			FD_SET(u->fd, rd);
 	}
 	if (u->fd > *maxfd)
@@ -2134,10 +2230,40 @@ client_timers(struct client_conn *c)
 
 /* ==== udp: UDP listeners ============================================== */
 /*
- * Owns the UDP half of g.listeners. A listener bound to a wildcard
- * address learns each query's destination (IP_PKTINFO) and answers from
- * it, so a multi-homed host answers from the address it was asked on.
+ * Owns the UDP half of g.listeners and the two datagram batches. Queries
+ * are read UDP_BATCH at a time with recvmmsg(); answers are collected and
+ * sent UDP_BATCH at a time with sendmmsg(), once per loop pass: system
+ * calls, not DNS work, are what a forwarder spends its CPU on. A listener
+ * bound to a wildcard address learns each query's destination
+ * (IP_PKTINFO) and answers from it, so a multi-homed host answers from
+ * the address it was asked on.
  */
+
+#define UDP_CTL_BYTES	CMSG_SPACE(sizeof(struct in6_pktinfo))
+
+union udp_ctl {
+	struct cmsghdr align;
+	unsigned char buf[UDP_CTL_BYTES];
+};
+
+static struct {
+	struct mmsghdr hdr[UDP_BATCH];
+	struct iovec iov[UDP_BATCH];
+	union sockaddr_u peer[UDP_BATCH];
+	union udp_ctl ctl[UDP_BATCH];
+	/* One byte more than a query may have, to see that it is longer. */
+	unsigned char buf[UDP_BATCH][QUERY_MAX_BYTES + 1];
+} udp_rx;
+
+static struct {
+	struct mmsghdr hdr[UDP_BATCH];
+	struct iovec iov[UDP_BATCH];
+	union sockaddr_u peer[UDP_BATCH];
+	union udp_ctl ctl[UDP_BATCH];
+	unsigned char buf[UDP_BATCH][UDP_TX_SLOT_BYTES];
+	size_t n;
+	int listener;			/* the batch goes out of this one */
+} udp_tx;
 
 static void
 udp_enable_pktinfo(int fd, int family)
@@ -2150,112 +2276,167 @@ udp_enable_pktinfo(int fd, int family)
 		setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof one);
 }
 
-/* Sends one datagram to a UDP client; a full socket buffer drops it (the
- * client retries, as it would after any loss). */
+/* Fills a message header to send to a client, from its local address
+ * when the listener is a wildcard. */
+static void
+udp_fill_msghdr(struct msghdr *mh, const struct origin *to,
+    union sockaddr_u *peer, struct iovec *iov, union udp_ctl *ctl)
+{
+	struct cmsghdr *cm = (struct cmsghdr *)ctl->buf;
+
+	memset(mh, 0, sizeof *mh);
+	*peer = to->peer;
+	mh->msg_name = peer;
+	mh->msg_namelen = to->peerlen;
+	mh->msg_iov = iov;
+	mh->msg_iovlen = 1;
+	if (!to->has_local)
+		return;
+	memset(ctl, 0, sizeof *ctl);
+	mh->msg_control = ctl->buf;
+	if (to->local.sa.sa_family == AF_INET6) {
+		struct in6_pktinfo pi = { 0 };
+
+		pi.ipi6_addr = to->local.sin6.sin6_addr;
+		pi.ipi6_ifindex = to->local.sin6.sin6_scope_id;
+		cm->cmsg_level = IPPROTO_IPV6;
+		cm->cmsg_type = IPV6_PKTINFO;
+		cm->cmsg_len = CMSG_LEN(sizeof pi);
+		memcpy(CMSG_DATA(cm), &pi, sizeof pi);
+		mh->msg_controllen = CMSG_SPACE(sizeof pi);
+	} else {
+		struct in_pktinfo pi = { 0 };
+
+		pi.ipi_spec_dst = to->local.sin.sin_addr;
+		cm->cmsg_level = IPPROTO_IP;
+		cm->cmsg_type = IP_PKTINFO;
+		cm->cmsg_len = CMSG_LEN(sizeof pi);
+		memcpy(CMSG_DATA(cm), &pi, sizeof pi);
+		mh->msg_controllen = CMSG_SPACE(sizeof pi);
+	}
+}
+
+/* Sends the collected answers. A full socket buffer drops the rest (the
+ * clients retry, as after any loss). */
+static void
+udp_flush(void)
+{
+	size_t off = 0;
+
+	while (off < udp_tx.n) {
+		/* The system call itself: musl's sendmmsg() loops over
+		 * sendmsg() on 64-bit targets. The kernel's struct layout is
+		 * musl's with its padding fields zero (udp_fill_msghdr). */
+		int n = (int)syscall(SYS_sendmmsg,
+		    g.listeners[udp_tx.listener].udp_fd, udp_tx.hdr + off,
+		    (unsigned)(udp_tx.n - off), MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		off += (size_t)n;
+	}
+	udp_tx.n = 0;
+}
+
+/* Queues one answer to a UDP client; one larger than a batch slot (rare:
+ * an EDNS client taking more than UDP_TX_SLOT_BYTES) goes out at once. */
 static void
 udp_send(const struct origin *to, const unsigned char *msg, size_t len)
 {
-	union {
-		struct cmsghdr align;
-		unsigned char buf[CMSG_SPACE(sizeof(struct in6_pktinfo))];
-	} ctl;
-	struct iovec iov = { (void *)msg, len };
-	struct msghdr mh = { 0 };
+	size_t i;
 
-	mh.msg_name = (void *)&to->peer;
-	mh.msg_namelen = to->peerlen;
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	if (to->has_local) {
-		struct cmsghdr *cm;
+	if (udp_tx.n > 0 && (udp_tx.listener != to->listener ||
+	    udp_tx.n == UDP_BATCH))
+		udp_flush();
+	if (len > UDP_TX_SLOT_BYTES) {
+		struct msghdr mh;
+		struct iovec iov = { (void *)msg, len };
+		union sockaddr_u peer;
+		union udp_ctl ctl;
 
-		memset(&ctl, 0, sizeof ctl);
-		mh.msg_control = ctl.buf;
-		cm = (struct cmsghdr *)ctl.buf;
-		if (to->local.sa.sa_family == AF_INET6) {
-			struct in6_pktinfo pi = { 0 };
-
-			pi.ipi6_addr = to->local.sin6.sin6_addr;
-			pi.ipi6_ifindex = to->local.sin6.sin6_scope_id;
-			cm->cmsg_level = IPPROTO_IPV6;
-			cm->cmsg_type = IPV6_PKTINFO;
-			cm->cmsg_len = CMSG_LEN(sizeof pi);
-			memcpy(CMSG_DATA(cm), &pi, sizeof pi);
-			mh.msg_controllen = CMSG_SPACE(sizeof pi);
-		} else {
-			struct in_pktinfo pi = { 0 };
-
-			pi.ipi_spec_dst = to->local.sin.sin_addr;
-			cm->cmsg_level = IPPROTO_IP;
-			cm->cmsg_type = IP_PKTINFO;
-			cm->cmsg_len = CMSG_LEN(sizeof pi);
-			memcpy(CMSG_DATA(cm), &pi, sizeof pi);
-			mh.msg_controllen = CMSG_SPACE(sizeof pi);
-		}
+		udp_fill_msghdr(&mh, to, &peer, &iov, &ctl);
+		while (sendmsg(g.listeners[to->listener].udp_fd, &mh,
+		    MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno == EINTR)
+			;
+		return;
 	}
-	while (sendmsg(g.listeners[to->listener].udp_fd, &mh,
-	    MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno == EINTR)
-		;
+	i = udp_tx.n++;
+	udp_tx.listener = to->listener;
+	memcpy(udp_tx.buf[i], msg, len);
+	udp_tx.iov[i].iov_base = udp_tx.buf[i];
+	udp_tx.iov[i].iov_len = len;
+	udp_fill_msghdr(&udp_tx.hdr[i].msg_hdr, to, &udp_tx.peer[i],
+	    &udp_tx.iov[i], &udp_tx.ctl[i]);
 }
 
-/* Reads up to UDP_BATCH datagrams: one select() per packet would cap
- * the rate at which a busy proxy can take queries. */
+/* Learns where a datagram was sent (wildcard listeners only). */
+static void
+udp_read_pktinfo(struct msghdr *mh, struct origin *from)
+{
+	struct cmsghdr *cm;
+
+	for (cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+		if (cm->cmsg_level == IPPROTO_IP &&
+		    cm->cmsg_type == IP_PKTINFO) {
+			struct in_pktinfo pi;
+
+			memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+			from->local.sin.sin_family = AF_INET;
+			from->local.sin.sin_addr = pi.ipi_addr;
+			from->has_local = 1;
+		} else if (cm->cmsg_level == IPPROTO_IPV6 &&
+		    cm->cmsg_type == IPV6_PKTINFO) {
+			struct in6_pktinfo pi;
+
+			memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+			from->local.sin6.sin6_family = AF_INET6;
+			from->local.sin6.sin6_addr = pi.ipi6_addr;
+			from->local.sin6.sin6_scope_id = pi.ipi6_ifindex;
+			from->has_local = 1;
+		}
+	}
+}
+
+/* Reads up to UDP_BATCH datagrams in one system call and hands each to
+ * the query section. */
 static void
 udp_on_readable(size_t li)
 {
 	struct listener *l = &g.listeners[li];
-	int i;
+	int i, n;
 
 	for (i = 0; i < UDP_BATCH; i++) {
-		union {
-			struct cmsghdr align;
-			unsigned char buf[CMSG_SPACE(
-			    sizeof(struct in6_pktinfo)) + 64];
-		} ctl;
-		unsigned char msg[MSG_MAX_BYTES];
-		struct iovec iov = { msg, sizeof msg };
-		struct msghdr mh = { 0 };
+		struct msghdr *mh = &udp_rx.hdr[i].msg_hdr;
+
+		udp_rx.iov[i].iov_base = udp_rx.buf[i];
+		udp_rx.iov[i].iov_len = sizeof udp_rx.buf[i];
+		mh->msg_name = &udp_rx.peer[i];
+		mh->msg_namelen = sizeof udp_rx.peer[i];
+		mh->msg_iov = &udp_rx.iov[i];
+		mh->msg_iovlen = 1;
+		mh->msg_control = l->wildcard ? udp_rx.ctl[i].buf : NULL;
+		mh->msg_controllen = l->wildcard ? UDP_CTL_BYTES : 0;
+		mh->msg_flags = 0;
+	}
+	do
+		n = recvmmsg(l->udp_fd, udp_rx.hdr, UDP_BATCH, MSG_DONTWAIT,
+		    NULL);
+	while (n < 0 && errno == EINTR);
+	for (i = 0; i < n; i++) {
+		struct msghdr *mh = &udp_rx.hdr[i].msg_hdr;
 		struct origin from;
-		struct cmsghdr *cm;
-		ssize_t n;
 
 		memset(&from, 0, sizeof from);
-		mh.msg_name = &from.peer;
-		mh.msg_namelen = sizeof from.peer;
-		mh.msg_iov = &iov;
-		mh.msg_iovlen = 1;
-		mh.msg_control = ctl.buf;
-		mh.msg_controllen = sizeof ctl.buf;
-		n = recvmsg(l->udp_fd, &mh, MSG_DONTWAIT);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return;		/* EAGAIN: drained */
-		}
 		from.kind = ORIGIN_UDP;
 		from.listener = (int)li;
-		from.peerlen = mh.msg_namelen;
-		for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-			if (cm->cmsg_level == IPPROTO_IP &&
-			    cm->cmsg_type == IP_PKTINFO) {
-				struct in_pktinfo pi;
-
-				memcpy(&pi, CMSG_DATA(cm), sizeof pi);
-				from.local.sin.sin_family = AF_INET;
-				from.local.sin.sin_addr = pi.ipi_addr;
-				from.has_local = 1;
-			} else if (cm->cmsg_level == IPPROTO_IPV6 &&
-			    cm->cmsg_type == IPV6_PKTINFO) {
-				struct in6_pktinfo pi;
-
-				memcpy(&pi, CMSG_DATA(cm), sizeof pi);
-				from.local.sin6.sin6_family = AF_INET6;
-				from.local.sin6.sin6_addr = pi.ipi6_addr;
-				from.local.sin6.sin6_scope_id = pi.ipi6_ifindex;
-				from.has_local = 1;
-			}
-		}
-		query_receive(msg, (size_t)n, &from);
+		memcpy(&from.peer, &udp_rx.peer[i], sizeof from.peer);
+		from.peerlen = mh->msg_namelen;
+		if (l->wildcard)
+			udp_read_pktinfo(mh, &from);
+		query_receive(udp_rx.buf[i], udp_rx.hdr[i].msg_len, &from);
 	}
 }
 
@@ -2515,7 +2696,7 @@ loop_run(void)
 			if (u->state == UPSTREAM_HANDSHAKING ||
 			    u->state == UPSTREAM_READY ||
 			    u->state == UPSTREAM_CLOSING)
-				upstream_pump(u);
+				upstream_feed(u);	/* and pump */
 		}
 		FD_ZERO(&rd);
 		FD_ZERO(&wr);
@@ -2533,6 +2714,8 @@ loop_run(void)
 			upstream_want(&g.upstreams[i], &rd, &wr, &maxfd);
 		for (i = 0; i < MAX_TCP_CLIENTS; i++)
 			client_want(&g.clients[i], &rd, &wr, &maxfd);
+		if (udp_tx.n > 0)
+			udp_flush();	/* this pass's answers, in one call */
 		ms = loop_timeout_ms();
 		tv.tv_sec = (time_t)(ms / 1000);
 		tv.tv_usec = (suseconds_t)(ms % 1000 * 1000);
@@ -3115,6 +3298,7 @@ main(int argc, char **argv)
 	    g.upstreams[0].label, g.n_tas, g.n_tas == 1 ? "" : "s");
 	loop_run();
 	log_info("stopping on signal %d", (int)g_stop_signal);
+	udp_flush();
 	for (i = 0; i < g.n_upstreams; i++)
 		upstream_shutdown(&g.upstreams[i]);
 	for (i = 0; i < MAX_TCP_CLIENTS; i++)
