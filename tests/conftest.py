@@ -92,6 +92,8 @@ class ProxyFactory:
     def stop_all(self):
         for p in self.started:
             p.stop()
+            if os.environ.get("DOTPROXY_TEST_SHOW_LOG"):
+                print("\n--- dotproxy %s\n%s" % (" ".join(p.args), p.log()))
 
 
 @pytest.fixture
@@ -136,3 +138,18 @@ def fake_dot(pki):
     yield make
     for f in made:
         f.stop()
+
+
+@pytest.fixture
+def relays():
+    """Factory for CountingRelay (or a subclass via cls=): make(target, **kw),
+    started; all stopped in teardown."""
+    made = []
+
+    def make(target, cls=CountingRelay, start=True, **kw):
+        r = cls(target, **kw)
+        made.append(r)
+        return r.start() if start else r
+    yield make
+    for r in made:
+        r.stop()

@@ -451,6 +451,7 @@ class CountingRelay:
         self.host = host
         self.port = port or free_port()
         self.accepted = 0
+        self.accept_times = []        # time.monotonic() of each accepted connection
         self._lock = threading.Lock()
         self._lsock = None
         self._conns = []
@@ -483,6 +484,7 @@ class CountingRelay:
                 return
             with self._lock:
                 self.accepted += 1
+                self.accept_times.append(time.monotonic())
             try:
                 u = socket.create_connection(self.target, timeout=3)
                 u.settimeout(None)
@@ -504,6 +506,7 @@ class CountingRelay:
                     data = s.recv(65536)
                     if not data:
                         return
+                    self._on_data(a, s is a, data)
                     (b if s is a else a).sendall(data)
         except (OSError, ValueError):
             pass
@@ -513,6 +516,9 @@ class CountingRelay:
                     s.close()
                 except OSError:
                     pass
+
+    def _on_data(self, conn, from_client, data):
+        """Hook: `data` read from the client side (from_client) or the target."""
 
     def close_connections(self):
         with self._lock:
@@ -539,3 +545,369 @@ class CountingRelay:
         self._threads = []
 
 
+class TlsRecordRelay(CountingRelay):
+    """A CountingRelay that also splits the client -> target byte stream of
+    each connection into TLS records (5-byte header: type, version, length)
+    and counts them by content type, to observe how many records the client
+    used for its application data (type 23)."""
+
+    def __init__(self, target, port=None, host="127.0.0.1"):
+        super().__init__(target, port, host)
+        self._bufs = {}
+        self.records = {}          # id(conn) -> list of (content type, length)
+
+    def _on_data(self, conn, from_client, data):
+        if not from_client:
+            return
+        with self._lock:
+            buf = self._bufs.get(id(conn), b"") + data
+            recs = self.records.setdefault(id(conn), [])
+            while len(buf) >= 5:
+                n = struct.unpack("!H", buf[3:5])[0]
+                if len(buf) < 5 + n:
+                    break
+                recs.append((buf[0], n))
+                buf = buf[5 + n:]
+            self._bufs[id(conn)] = buf
+
+    def app_records(self):
+        """Number of application-data records the clients sent, all connections."""
+        with self._lock:
+            return sum(1 for recs in self.records.values() for t, _ in recs if t == 23)
+
+
+# ---------------------------------------------------------------- fake DoT upstream
+
+def fake_addr_for(name):
+    """The A data FakeDoT answers for `name`: qK.<anything> -> 192.0.2.K
+    (K < 256) or 10.x.y.z (K itself, for larger K); anything else 192.0.2.99."""
+    first = str(name).split(".", 1)[0].lower()
+    if len(first) > 1 and first[0] == "q" and first[1:].isdigit():
+        k = int(first[1:])
+        if k < 256:
+            return "192.0.2.%d" % k
+        return "10.%d.%d.%d" % ((k >> 16) & 255, (k >> 8) & 255, k & 255)
+    return FakeDoT.ANSWER_ADDR
+
+
+class FakeQuery:
+    """One query as a FakeDoT connection received it."""
+
+    __slots__ = ("t", "id", "wire", "conn")
+
+    def __init__(self, t, qid, wire, conn):
+        self.t, self.id, self.wire, self.conn = t, qid, wire, conn
+
+    def msg(self):
+        return dns.message.from_wire(self.wire)
+
+    def __repr__(self):
+        return "FakeQuery(id=%d, len=%d, conn=%d)" % (self.id, len(self.wire), self.conn)
+
+
+class FakeConn:
+    """What happened on one connection accepted by a FakeDoT."""
+
+    def __init__(self, index):
+        self.index = index
+        self.accepted_at = time.monotonic()
+        self.handshake_at = None
+        self.handshake_error = None
+        self.session_reused = None    # sslsock.session_reused after the handshake
+        self.alpn = None              # sslsock.selected_alpn_protocol()
+        self.version = None
+        self.queries = []             # FakeQuery, in arrival order
+        self.answers = 0
+        self.closed_at = None
+        # who ended it and how: "close_notify" (client sent a TLS close_notify,
+        # then EOF), "eof" (TCP FIN without close_notify), "reset", "server"
+        # (close_after), "stopped" (FakeDoT.stop), "handshake" (handshake failed),
+        # "error: ..." (anything else)
+        self.close_kind = None
+        self.closed = threading.Event()
+
+    @property
+    def ids(self):
+        return [q.id for q in self.queries]
+
+    def __repr__(self):
+        return ("FakeConn(#%d reused=%r alpn=%r queries=%d answers=%d close=%r)"
+                % (self.index, self.session_reused, self.alpn, len(self.queries),
+                   self.answers, self.close_kind))
+
+
+class _CloseNow(Exception):
+    pass
+
+
+def _question_end(wire):
+    """Offset just past the first question (no compression in queries)."""
+    off = 12
+    while True:
+        n = wire[off]
+        if n == 0:
+            return off + 1 + 4
+        if n & 0xC0:
+            return off + 2 + 4
+        off += 1 + n
+
+
+class FakeDoT:
+    """A minimal DoT server (TLS 1.2, Python ssl) for fault injection.
+
+    mode "reject":  reads the ClientHello and closes the TCP connection (FIN).
+    mode "silent":  completes the handshake, reads queries, never answers.
+    mode "answer":  answers every query (A queries: A fake_addr_for(name),
+                    i.e. qK.x -> 192.0.2.K, else 192.0.2.99); the answer repeats
+                    the query's question byte for byte (case included) and
+                    carries an OPT record when the query had one (same DO bit).
+    close_after=N:  closes a connection (TLS close_notify) after N answers on it.
+    reverse_batch=N: on each connection, holds the first N queries and then
+                    answers them in reverse order of arrival.
+    pad_answers:    puts an EDNS Padding option (code 12) in the answers' OPT.
+    alpn:           the ALPN protocols the server accepts (None: no ALPN).
+    delay:          seconds to wait before each answer.
+
+    `mode` may be changed while running.  Records: .conns (FakeConn per
+    accepted connection), plus the counters connections / handshakes /
+    queries / answers / handshake_errors.
+    """
+
+    ANSWER_ADDR = "192.0.2.99"
+    addr_for = staticmethod(fake_addr_for)
+
+    def __init__(self, chain, key, mode="answer", close_after=None, host="127.0.0.1",
+                 reverse_batch=None, pad_answers=False, alpn=("dot",), delay=0.0,
+                 port=None):
+        self.mode = mode
+        self.close_after = close_after
+        self.reverse_batch = reverse_batch
+        self.pad_answers = pad_answers
+        self.delay = delay
+        self.host = host
+        self.port = port or free_port()
+        self.connections = 0          # TCP connections accepted
+        self.handshakes = 0           # TLS handshakes completed
+        self.queries = 0              # queries read
+        self.answers = 0              # answers sent
+        self.handshake_errors = []
+        self.conns = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._socks = []
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(chain, key)
+        if alpn:
+            ctx.set_alpn_protocols(list(alpn))
+        # Python >= 3.10 sets this by default, which makes a TCP FIN without a
+        # TLS close_notify look like a clean close; keep them apart.
+        ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+        self.ctx = ctx
+        ls = socket.socket(_family(host), socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((host, self.port))
+        ls.listen(256)
+        self._lsock = ls
+        self._threads = [threading.Thread(target=self._accept_loop, daemon=True)]
+        self._threads[0].start()
+
+    # ------------------------------------------------------------ records
+
+    def all_queries(self):
+        with self._lock:
+            return [q for c in self.conns for q in c.queries]
+
+    def wait_queries(self, n, timeout):
+        return wait_until(lambda: self.queries >= n, timeout, 0.02)
+
+    # ------------------------------------------------------------ answers
+
+    def build_answer(self, wire):
+        """The answer to `wire` (raw bytes), or None to drop it."""
+        q = dns.message.from_wire(wire)
+        qend = _question_end(wire)
+        question = wire[12:qend]
+        qname = q.question[0].name
+        rdtype = q.question[0].rdtype
+        flags = 0x8000 | (q.flags & 0x7900) | 0x0080   # QR, opcode, RD; RA
+        flags &= ~0x0400 & 0xFFFF                       # not AA
+        body = b""
+        an = 0
+        if rdtype == dns.rdatatype.A and q.question[0].rdclass == 1:
+            addr = socket.inet_aton(fake_addr_for(qname.to_text()))
+            body += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + addr
+            an = 1
+        ar = 0
+        opt = b""
+        if q.edns >= 0:
+            ar = 1
+            do = q.ednsflags & dns.flags.DO
+            ttl = do & 0xFFFF
+            options = b""
+            if self.pad_answers:
+                base = 12 + len(question) + len(body) + 11 + 4
+                padlen = (-base) % 468 or 0
+                options = struct.pack("!HH", 12, padlen) + b"\0" * padlen
+            opt = b"\x00" + struct.pack("!HHIH", 41, 1232, ttl, len(options)) + options
+        hdr = struct.pack("!HHHHHH", q.id, flags, 1, an, 0, ar)
+        return hdr + question + body + opt
+
+    # ------------------------------------------------------------ server
+
+    def _accept_loop(self):
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([self._lsock], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            if not r:
+                continue
+            try:
+                c, _ = self._lsock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                rec = FakeConn(len(self.conns))
+                self.conns.append(rec)
+                self._socks.append(c)
+            t = threading.Thread(target=self._serve, args=(c, rec), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _send(self, s, rec, out):
+        if self.delay:
+            time.sleep(self.delay)
+        with self._lock:
+            self.answers += 1   # counted before the client can see it
+            rec.answers += 1
+        s.settimeout(5)
+        s.sendall(struct.pack("!H", len(out)) + out)
+        s.settimeout(0.2)
+
+    def _serve(self, raw, rec):
+        raw.settimeout(5)
+        if self.mode == "reject":
+            try:
+                raw.recv(65536)          # the ClientHello: read, so the close is a FIN
+            except OSError:
+                pass
+            with self._lock:
+                rec.close_kind = "rejected"
+                rec.closed_at = time.monotonic()
+            rec.closed.set()
+            raw.close()
+            return
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True, suppress_ragged_eofs=False)
+        except (OSError, ssl.SSLError) as e:
+            with self._lock:
+                self.handshake_errors.append(repr(e))
+                rec.handshake_error = repr(e)
+                rec.close_kind = "handshake"
+                rec.closed_at = time.monotonic()
+            rec.closed.set()
+            raw.close()
+            return
+        with self._lock:
+            self.handshakes += 1
+            self._socks.append(s)
+            rec.handshake_at = time.monotonic()
+            rec.session_reused = s.session_reused
+            rec.alpn = s.selected_alpn_protocol()
+            rec.version = s.version()
+        s.settimeout(0.2)
+        held = []
+        buf = b""
+        kind = None
+        try:
+            while True:
+                if self._stop.is_set():
+                    kind = "stopped"
+                    break
+                try:
+                    data = s.recv(65536)
+                except (socket.timeout, ssl.SSLWantReadError):
+                    continue
+                except ssl.SSLEOFError:
+                    kind = "eof"
+                    break
+                except ssl.SSLError as e:
+                    if "UNEXPECTED_EOF" not in str(e):
+                        raise
+                    kind = "eof"    # OpenSSL 3: TCP FIN without close_notify
+                    break
+                except ConnectionResetError:
+                    kind = "reset"
+                    break
+                if not data:
+                    kind = "close_notify"
+                    break
+                buf += data
+                while len(buf) >= 2:
+                    (n,) = struct.unpack("!H", buf[:2])
+                    if len(buf) < 2 + n:
+                        break
+                    wire, buf = buf[2:2 + n], buf[2 + n:]
+                    qid = struct.unpack("!H", wire[:2])[0] if len(wire) >= 2 else -1
+                    with self._lock:
+                        self.queries += 1
+                        rec.queries.append(FakeQuery(time.monotonic(), qid, wire, rec.index))
+                    if self.mode == "silent":
+                        continue
+                    out = self.build_answer(wire)
+                    if out is None:
+                        continue
+                    if self.reverse_batch and len(rec.queries) <= self.reverse_batch:
+                        held.append(out)
+                        if len(held) < self.reverse_batch:
+                            continue
+                        for o in reversed(held):
+                            self._send(s, rec, o)
+                        held = []
+                    else:
+                        self._send(s, rec, out)
+                    if self.close_after is not None and rec.answers >= self.close_after:
+                        raise _CloseNow()
+        except _CloseNow:
+            kind = "server"
+        except (OSError, ssl.SSLError, dns.exception.DNSException, IndexError,
+                struct.error) as e:
+            kind = "error: %r" % (e,)
+        finally:
+            with self._lock:
+                rec.close_kind = kind
+                rec.closed_at = time.monotonic()
+            rec.closed.set()
+            if kind in ("server", "stopped", "close_notify"):
+                try:
+                    s.settimeout(0.5)
+                    s.unwrap()
+                except (OSError, ssl.SSLError, ValueError):
+                    pass
+            try:
+                s.close()
+            except OSError:
+                pass
+            try:
+                raw.close()
+            except OSError:
+                pass
+
+    def stop(self):
+        self._stop.set()
+        try:
+            self._lsock.close()
+        except OSError:
+            pass
+        for t in self._threads:
+            t.join(2)
+        with self._lock:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.close()
+            except OSError:
+                pass
