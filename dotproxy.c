@@ -84,6 +84,8 @@
  */
 #define MAX_LISTENERS		8	/* --listen addresses (UDP+TCP each) */
 #define MAX_UPSTREAMS		8	/* --upstream specs */
+#define MAX_ZONES		16	/* --forward-zone specs */
+#define MAX_ZONE_TCP		16	/* TCP retries to zone servers at once */
 #define MAX_TCP_CLIENTS		128	/* concurrent TCP client connections */
 #define PENDING_SLOT_BITS	10
 #define MAX_PENDING		(1 << PENDING_SLOT_BITS) /* queries in flight */
@@ -109,6 +111,14 @@
 				 PAD_BLOCK_MAX_BYTES)	/* padded query */
 #define DNS_OPT_BYTES		11	/* OPT RR without options */
 
+#define CACHE_BLOCK_BYTES	128	/* an answer is a chain of blocks */
+#define CACHE_MAX_ANSWER_BYTES	8192	/* larger answers are not cached */
+#define CACHE_DEFAULT_BYTES	(256 * 1024)	/* --cache-size; a router's */
+#define CACHE_MIN_TTL_S		0	/* --cache-min-ttl */
+#define CACHE_MAX_TTL_S		86400	/* --cache-max-ttl */
+#define CACHE_NEG_MAX_TTL_S	3600	/* NXDOMAIN/NODATA cap (RFC 2308 5) */
+#define STALE_TTL_S		30	/* TTL of a stale answer (RFC 8767 4) */
+
 #define QUERY_TIMEOUT_MS	4000	/* dig gives up at 5 s; answer first;
 					 * --timeout */
 #define HANDSHAKE_TIMEOUT_MS	5000	/* TCP connect + TLS handshake */
@@ -118,6 +128,8 @@
 					 * timeout / 2) with queries in flight
 					 * is dead (half-open after a WAN change) */
 #define CLOSE_TIMEOUT_MS	1000	/* wait for close_notify to go out */
+#define DRAIN_TIMEOUT_MS	5000	/* SIGTERM: finish queries in flight for
+					 * at most this long; --drain-timeout */
 #define CLIENT_IDLE_MS		10000	/* idle TCP client (RFC 7766 6.2.3) */
 #define BACKOFF_MIN_MS		500	/* after a failed connection ... */
 #define BACKOFF_MAX_MS		10000	/* ... doubling, capped (stubby#373);
@@ -128,7 +140,8 @@
 #define DEFAULT_PORT		53
 #define DOT_PORT		853	/* RFC 7858 3.1 */
 
-#if MAX_LISTENERS * 2 + MAX_UPSTREAMS + MAX_TCP_CLIENTS + 16 > FD_SETSIZE
+#if MAX_LISTENERS * 2 + MAX_UPSTREAMS + MAX_ZONES + MAX_ZONE_TCP + \
+    MAX_TCP_CLIENTS + 16 > FD_SETSIZE
 #error "the limits need more descriptors than select() can watch"
 #endif
 #if MAX_PENDING > 4096
@@ -188,6 +201,7 @@ struct dns_query_info {
 	size_t qend;		/* offset just past QTYPE/QCLASS */
 	uint16_t qtype;
 	int has_opt;		/* client sent an OPT record */
+	int do_bit;		/* DNSSEC OK, from that OPT (RFC 3225) */
 	uint16_t udp_limit;	/* largest UDP answer the client takes */
 };
 
@@ -236,9 +250,12 @@ struct origin {
 
 struct pending_query {
 	enum pending_state state;
-	uint8_t upstream;
+	uint8_t upstream;		/* route: an upstream, or MAX_UPSTREAMS
+					 * + a zone */
 	uint8_t attempts;
 	uint8_t has_opt;
+	uint8_t cache_key;		/* see cache_key() */
+	int8_t ztcp;			/* zone TCP connection, or -1 */
 	uint16_t gen;			/* bumped on each reuse of the slot */
 	uint16_t up_id;			/* ID on the upstream connection */
 	uint16_t client_id;
@@ -271,6 +288,67 @@ struct listener {
 	int wildcard;			/* bound to 0.0.0.0 or ::: use PKTINFO */
 };
 
+/*
+ * Cache entry. Free: first == -1, on the free-entry list (via hnext).
+ * Used: in one hash bucket chain and on the LRU list; its answer is the
+ * chain of blocks from first.
+ */
+struct cache_entry {
+	uint32_t hash;
+	int32_t hnext;			/* bucket chain, or free list */
+	int32_t lru_prev, lru_next;	/* most recent first */
+	int32_t first;			/* first block, -1 when free */
+	uint16_t len, qend;
+	uint8_t key;			/* DO, CD bits and source */
+	int64_t stored_ms;
+	uint32_t ttl_s;			/* lifetime from stored_ms */
+};
+
+struct cache {
+	size_t n_blocks, n_entries, n_buckets;	/* 0 blocks: no cache */
+	unsigned char (*blocks)[CACHE_BLOCK_BYTES];
+	int32_t *block_next;		/* chain links, and the free list */
+	int32_t free_block, free_entry;
+	size_t n_free_blocks;
+	struct cache_entry *entries;
+	int32_t *buckets;
+	int32_t lru_head, lru_tail;
+	uint32_t min_ttl_s, max_ttl_s, stale_s;
+	unsigned long hits, misses, stale, inserts, evictions;
+};
+
+/* A private zone forwarded over plain DNS (--forward-zone). */
+struct zone {
+	unsigned char name[DNS_NAME_MAX_BYTES];	/* wire form, lower case */
+	size_t name_len;
+	char label[DNS_NAME_MAX_BYTES * 2 + INET6_ADDRSTRLEN + 16];
+	union sockaddr_u addr;
+	socklen_t addrlen;
+	int udp_fd;			/* connected to addr */
+	uint16_t id_key;
+	int last_err;			/* errno logged last; 0 = healthy */
+	unsigned long n_queries, n_tcp, n_failures;
+};
+
+/*
+ * TCP query to a zone server, after a truncated UDP answer (RFC 7766 5).
+ * One query per connection; the pending slot's deadline bounds it.
+ */
+enum ztcp_state {
+	ZTCP_FREE,			/* fd == -1 */
+	ZTCP_CONNECTING,		/* connect() in progress; want write */
+	ZTCP_SENDING,			/* buf[off..len) still to send */
+	ZTCP_READING,			/* answer arriving in buf[0..len) */
+};
+
+struct zone_tcp {
+	enum ztcp_state state;
+	int fd;
+	int slot;			/* pending slot it answers */
+	size_t off, len;
+	unsigned char *buf;		/* g.ztcp_bufs[i] */
+};
+
 struct ratelimit {
 	int64_t last_ms;
 	unsigned long suppressed;
@@ -288,6 +366,9 @@ static struct proxy {
 	unsigned max_backoff_ms;	/* --max-backoff */
 	unsigned pad_block;		/* --padding; 0 = off */
 	int none_usable;		/* "no upstream" logged, not yet fixed */
+	unsigned drain_ms;		/* --drain-timeout */
+	int draining;			/* stopping: no new queries */
+	int64_t drain_deadline_ms;
 	struct listener listeners[MAX_LISTENERS];
 	size_t n_listeners;
 	struct upstream upstreams[MAX_UPSTREAMS];
@@ -302,13 +383,22 @@ static struct proxy {
 	unsigned char query_bytes[MAX_PENDING][PENDING_QUERY_BYTES];
 	unsigned char client_in[MAX_TCP_CLIENTS][CLIENT_IN_BYTES];
 	unsigned char client_out[MAX_TCP_CLIENTS][CLIENT_OUT_BYTES];
+	unsigned char ztcp_bufs[MAX_ZONE_TCP][2 + MSG_MAX_BYTES];
 	const br_x509_trust_anchor *tas;
 	size_t n_tas;
 	struct ratelimit rl_table_full, rl_clients_full, rl_mismatch;
+	struct cache cache;
+	struct zone zones[MAX_ZONES];
+	size_t n_zones;
+	const unsigned char *zone_names[MAX_ZONES];	/* for dns_match_zone */
+	size_t zone_lens[MAX_ZONES];
+	struct zone_tcp ztcp[MAX_ZONE_TCP];
 	unsigned long n_udp_queries, n_tcp_queries, n_servfail;
 } g;
 
-static volatile sig_atomic_t g_stop_signal;
+static volatile sig_atomic_t g_stop_signal;	/* last SIGTERM/SIGINT */
+static volatile sig_atomic_t g_stop_count;	/* how many of them */
+static volatile sig_atomic_t g_stats_wanted;	/* SIGUSR1 */
 
 /* ==== util ============================================================ */
 
@@ -526,6 +616,7 @@ util_br_error_name(int err, char *buf, size_t buflen)
 #define DNS_RCODE_NOTIMP	4
 #define DNS_DROP		(-1)	/* dns_parse_query: send nothing */
 #define DNS_FLAG_QR		0x80	/* byte 2 */
+#define DNS_FLAG_AA		0x04	/* byte 2 */
 #define DNS_FLAG_TC		0x02	/* byte 2 */
 #define DNS_FLAG_RD		0x01	/* byte 2 */
 #define DNS_FLAG_RA		0x80	/* byte 3 */
@@ -650,6 +741,7 @@ dns_parse_query(const unsigned char *m, size_t len, struct dns_query_info *qi)
 		unsigned size = get16(m + opt_start + 3);
 
 		qi->has_opt = 1;
+		qi->do_bit = (m[opt_start + 7] & 0x80) != 0;
 		qi->udp_limit = size < UDP_MIN_LIMIT ? UDP_MIN_LIMIT :
 		    (uint16_t)size;
 	}
@@ -875,6 +967,142 @@ dns_strip_padding(unsigned char *m, size_t len, size_t qend)
 	return len - cut;
 }
 
+#define DNS_TYPE_SOA		6
+#define DNS_RCODE_NXDOMAIN	3
+#define DNS_TTL_MAX		0x7FFFFFFFu	/* RFC 2181 8 */
+
+/*
+ * Rewrites the TTL of every record but OPT: ttl - sub, then clamped to
+ * [min, max] (a TTL with the top bit set counts as 0, RFC 2181 8). Used
+ * to clamp at insertion, count down at a cache hit and set 30 s on a
+ * stale answer. Returns 0, or -1 if the message is malformed.
+ */
+static int
+dns_rewrite_ttls(unsigned char *m, size_t len, size_t qend, uint32_t sub,
+    uint32_t min, uint32_t max)
+{
+	unsigned i, n = (unsigned)get16(m + 6) + get16(m + 8) + get16(m + 10);
+	size_t off = qend;
+
+	for (i = 0; i < n; i++) {
+		uint32_t ttl;
+
+		off = dns_skip_name(m, len, off);
+		if (off == 0 || off + 10 > len ||
+		    off + 10 + get16(m + off + 8) > len)
+			return -1;
+		if (get16(m + off) != DNS_TYPE_OPT) {
+			ttl = (uint32_t)get16(m + off + 4) << 16 |
+			    get16(m + off + 6);
+			if (ttl > DNS_TTL_MAX)
+				ttl = 0;
+			ttl = ttl > sub ? ttl - sub : 0;
+			ttl = ttl < min ? min : ttl > max ? max : ttl;
+			put16(m + off + 4, ttl >> 16);
+			put16(m + off + 6, ttl & 0xFFFF);
+		}
+		off += 10 + get16(m + off + 8);
+	}
+	return 0;
+}
+
+/*
+ * How long an answer may be cached, in seconds: the smallest TTL of its
+ * records (OPT aside) for a positive answer; for NXDOMAIN and NODATA the
+ * smaller of the SOA's TTL and its MINIMUM field (RFC 2308 5), none
+ * without a SOA. Returns 0 for an answer that must not be cached
+ * (SERVFAIL, REFUSED, truncated, malformed, no TTL to go by).
+ */
+static uint32_t
+dns_cache_ttl(const unsigned char *m, size_t len, size_t qend)
+{
+	unsigned an = get16(m + 6), ns = get16(m + 8), ar = get16(m + 10);
+	unsigned i, rcode = m[3] & 0x0F;
+	uint32_t min = DNS_TTL_MAX, neg = 0;
+	int negative = rcode == DNS_RCODE_NXDOMAIN || an == 0;
+	size_t off = qend;
+
+	if ((m[2] & DNS_FLAG_TC) || (rcode != 0 && rcode != DNS_RCODE_NXDOMAIN))
+		return 0;
+	for (i = 0; i < an + ns + ar; i++) {
+		uint32_t ttl;
+		size_t rdlen, rd;
+
+		off = dns_skip_name(m, len, off);
+		if (off == 0 || off + 10 > len)
+			return 0;
+		rdlen = get16(m + off + 8);
+		rd = off + 10;
+		if (rd + rdlen > len)
+			return 0;
+		ttl = (uint32_t)get16(m + off + 4) << 16 | get16(m + off + 6);
+		if (ttl > DNS_TTL_MAX)
+			ttl = 0;
+		if (get16(m + off) != DNS_TYPE_OPT && ttl < min)
+			min = ttl;
+		if (negative && i >= an && i < an + ns && neg == 0 &&
+		    get16(m + off) == DNS_TYPE_SOA) {
+			/* MNAME, RNAME, then five 32-bit fields */
+			size_t p = dns_skip_name(m, rd + rdlen, rd);
+
+			p = p ? dns_skip_name(m, rd + rdlen, p) : 0;
+			if (p == 0 || p + 20 != rd + rdlen)
+				return 0;
+			neg = (uint32_t)get16(m + p + 16) << 16 |
+			    get16(m + p + 18);
+			neg = neg < ttl ? neg : ttl;
+			if (neg == 0)
+				return 0;
+		}
+		off = rd + rdlen;
+	}
+	if (negative)
+		return neg;
+	return min == DNS_TTL_MAX ? 0 : min;
+}
+
+/*
+ * Finds the longest zone (wire form, lower case) that name at off is at
+ * or below, on label boundaries. zones[i] points to wire names. Returns
+ * its index, or -1. The name MUST have passed dns_check_name.
+ */
+static int
+dns_match_zone(const unsigned char *m, size_t off,
+    const unsigned char *const *zones, const size_t *zone_lens, size_t n)
+{
+	int best = -1;
+	size_t best_len = 0;
+
+	for (;;) {
+		size_t i, left = 0, o;
+
+		for (o = off; m[o] != 0; o += m[o] + 1u)
+			;
+		left = o + 1 - off;	/* wire length of this suffix */
+		for (i = 0; i < n; i++) {
+			size_t k;
+
+			if (zone_lens[i] != left || left <= best_len)
+				continue;
+			for (k = 0; k < left; k++) {
+				unsigned c = m[off + k];
+
+				if (c >= 'A' && c <= 'Z')
+					c += 'a' - 'A';
+				if (c != zones[i][k])
+					break;
+			}
+			if (k == left) {
+				best = (int)i;
+				best_len = left;
+			}
+		}
+		if (m[off] == 0)
+			return best;
+		off += m[off] + 1u;
+	}
+}
+
 /*
  * Prepares an upstream's answer for its client, in place: the client's
  * ID, the client's spelling of the question (the names are equal but for
@@ -887,6 +1115,9 @@ dns_answer_for_client(unsigned char *m, size_t len, const unsigned char *query,
     size_t qend, uint16_t client_id, int client_opt, size_t udp_limit)
 {
 	put16(m, client_id);
+	/* RD echoes the query's (RFC 1035 4.1.1): a cached answer may have
+	 * been asked for with another. */
+	m[2] = (unsigned char)((m[2] & ~DNS_FLAG_RD) | (query[2] & DNS_FLAG_RD));
 	memcpy(m + 2 + 2 + 8, query + DNS_HEADER_BYTES,
 	    qend - DNS_HEADER_BYTES);
 	if (get16(m + 10) != 0) {
@@ -1114,6 +1345,8 @@ pending_alloc(void)
 	p->state = PENDING_QUEUED;
 	p->attempts = 0;
 	p->next = -1;
+	p->ztcp = -1;
+	p->upstream = 0;
 	p->deadline_ms = g.now_ms + g.query_timeout_ms;
 	p->age_next = -1;
 	p->age_prev = g.age_tail;
@@ -1165,6 +1398,310 @@ pending_find(size_t upstream, uint16_t key, uint16_t id)
 	return slot;
 }
 
+/* ==== cache: answers by question ===================================== */
+/*
+ * Owns g.cache. Its memory is taken once at start-up (--cache-size bytes,
+ * everything included) and cut into CACHE_BLOCK_BYTES blocks: an answer
+ * takes a chain of blocks, so answers of any size share the memory
+ * without fragmenting it. When blocks run out, the least recently used
+ * entries go. The key is the question (name without case, type, class),
+ * the DO and CD bits, and where the answer came from (DoT, or which
+ * forward zone), so private-zone answers never mix with public ones.
+ * Stored answers have no padding and clamped TTLs; a hit counts the TTLs
+ * down by the time spent in the cache.
+ */
+
+/* Packs the key bits: DO, CD, and the source (0 DoT, 1 + forward zone). */
+static uint8_t
+cache_key(int do_bit, int cd_bit, unsigned source)
+{
+	return (uint8_t)((do_bit ? 1 : 0) | (cd_bit ? 2 : 0) | source << 2);
+}
+
+/* FNV-1a over the question, name folded to lower case, and the key. */
+static uint32_t
+cache_hash(const unsigned char *m, size_t qend, uint8_t key)
+{
+	uint32_t h = 2166136261u ^ key;
+	size_t i;
+
+	for (i = DNS_HEADER_BYTES; i < qend; i++) {
+		unsigned c = m[i];
+
+		if (c >= 'A' && c <= 'Z')
+			c += 'a' - 'A';
+		h = (h ^ c) * 16777619u;
+	}
+	return h;
+}
+
+/*
+ * Takes the cache's memory: bytes in all (0: no cache). Each block costs
+ * its data, its link, an entry and two bucket slots, so the number of
+ * entries can never exceed the number of blocks.
+ */
+static void
+cache_init(size_t bytes)
+{
+	struct cache *c = &g.cache;
+	size_t per = CACHE_BLOCK_BYTES + sizeof(int32_t) +
+	    sizeof(struct cache_entry) + 2 * sizeof(int32_t);
+	size_t i;
+
+	memset(c, 0, sizeof *c);
+	c->min_ttl_s = CACHE_MIN_TTL_S;
+	c->max_ttl_s = CACHE_MAX_TTL_S;
+	c->lru_head = c->lru_tail = -1;
+	if (bytes == 0)
+		return;
+	c->n_blocks = bytes / per;
+	c->n_entries = c->n_blocks;
+	for (c->n_buckets = 1; c->n_buckets * 2 <= c->n_entries * 2;
+	    c->n_buckets *= 2)
+		;
+	c->blocks = malloc(c->n_blocks * CACHE_BLOCK_BYTES);
+	c->block_next = malloc(c->n_blocks * sizeof(int32_t));
+	c->entries = malloc(c->n_entries * sizeof(struct cache_entry));
+	c->buckets = malloc(c->n_buckets * sizeof(int32_t));
+	if (!c->blocks || !c->block_next || !c->entries || !c->buckets)
+		die("cannot allocate a %zu-byte cache", bytes);
+	for (i = 0; i < c->n_blocks; i++)
+		c->block_next[i] = (int32_t)i + 1 < (int32_t)c->n_blocks ?
+		    (int32_t)i + 1 : -1;
+	for (i = 0; i < c->n_entries; i++) {
+		c->entries[i].first = -1;
+		c->entries[i].hnext = (int32_t)i + 1 < (int32_t)c->n_entries ?
+		    (int32_t)i + 1 : -1;
+	}
+	for (i = 0; i < c->n_buckets; i++)
+		c->buckets[i] = -1;
+	c->free_block = 0;
+	c->n_free_blocks = c->n_blocks;
+	c->free_entry = 0;
+}
+
+/* Copies the first n bytes of an entry's answer into out. */
+static void
+cache_read(int e, unsigned char *out, size_t n)
+{
+	struct cache *c = &g.cache;
+	int32_t b = c->entries[e].first;
+
+	while (n > 0 && b >= 0) {
+		size_t k = n < CACHE_BLOCK_BYTES ? n : CACHE_BLOCK_BYTES;
+
+		memcpy(out, c->blocks[b], k);
+		out += k;
+		n -= k;
+		b = c->block_next[b];
+	}
+}
+
+static void
+cache_lru_unlink(int e)
+{
+	struct cache *c = &g.cache;
+	struct cache_entry *x = &c->entries[e];
+
+	if (x->lru_prev >= 0)
+		c->entries[x->lru_prev].lru_next = x->lru_next;
+	else
+		c->lru_head = x->lru_next;
+	if (x->lru_next >= 0)
+		c->entries[x->lru_next].lru_prev = x->lru_prev;
+	else
+		c->lru_tail = x->lru_prev;
+}
+
+static void
+cache_lru_push(int e)
+{
+	struct cache *c = &g.cache;
+
+	c->entries[e].lru_prev = -1;
+	c->entries[e].lru_next = c->lru_head;
+	if (c->lru_head >= 0)
+		c->entries[c->lru_head].lru_prev = e;
+	else
+		c->lru_tail = e;
+	c->lru_head = e;
+}
+
+/* Frees an entry: its blocks, its bucket link, its LRU place. */
+static void
+cache_remove(int e)
+{
+	struct cache *c = &g.cache;
+	struct cache_entry *x = &c->entries[e];
+	int32_t *link = &c->buckets[x->hash & (c->n_buckets - 1)];
+	int32_t b = x->first;
+
+	while (*link != e)
+		link = &c->entries[*link].hnext;
+	*link = x->hnext;
+	cache_lru_unlink(e);
+	while (b >= 0) {
+		int32_t next = c->block_next[b];
+
+		c->block_next[b] = c->free_block;
+		c->free_block = b;
+		c->n_free_blocks++;
+		b = next;
+	}
+	x->first = -1;
+	x->hnext = c->free_entry;
+	c->free_entry = e;
+}
+
+/*
+ * Finds the entry for a question (m up to qend) and key, fresh or not;
+ * one expired for longer than the serve-stale window is removed. Returns
+ * its index, or -1.
+ */
+static int
+cache_find(const unsigned char *m, size_t qend, uint8_t key, uint32_t hash)
+{
+	struct cache *c = &g.cache;
+	int32_t e;
+
+	if (c->n_blocks == 0)
+		return -1;
+	for (e = c->buckets[hash & (c->n_buckets - 1)]; e >= 0;
+	    e = c->entries[e].hnext) {
+		struct cache_entry *x = &c->entries[e];
+		unsigned char q[DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4];
+
+		if (x->hash != hash || x->key != key || x->qend != qend)
+			continue;
+		cache_read(e, q, qend);
+		if (!dns_question_equal(q, qend, m, qend))
+			continue;
+		if (g.now_ms - x->stored_ms >=
+		    ((int64_t)x->ttl_s + c->stale_s) * 1000) {
+			cache_remove(e);
+			return -1;
+		}
+		return e;
+	}
+	return -1;
+}
+
+/* Number of free entries (for the counters). */
+static size_t
+loop_free_entries(void)
+{
+	size_t n = 0;
+	int32_t e;
+
+	for (e = g.cache.free_entry; e >= 0; e = g.cache.entries[e].hnext)
+		n++;
+	return n;
+}
+
+/* Seconds an entry has spent in the cache. */
+static uint32_t
+cache_age_s(int e)
+{
+	return (uint32_t)((g.now_ms - g.cache.entries[e].stored_ms) / 1000);
+}
+
+/*
+ * Copies a fresh entry's answer into out (at least CACHE_MAX_ANSWER_BYTES)
+ * with its TTLs counted down, or with STALE_TTL_S when stale is set, and
+ * marks it recently used. Returns its length, or 0 if it is not fresh
+ * (and stale is not set).
+ */
+static size_t
+cache_get(int e, unsigned char *out, int stale)
+{
+	struct cache_entry *x = &g.cache.entries[e];
+	uint32_t age = cache_age_s(e);
+
+	if (!stale && age >= x->ttl_s)
+		return 0;
+	cache_read(e, out, x->len);
+	out[2] &= (unsigned char)~DNS_FLAG_AA;	/* not from the source now */
+	if (stale)
+		dns_rewrite_ttls(out, x->len, x->qend, 0, STALE_TTL_S,
+		    STALE_TTL_S);
+	else
+		dns_rewrite_ttls(out, x->len, x->qend, age, 0, DNS_TTL_MAX);
+	cache_lru_unlink(e);
+	cache_lru_push(e);
+	return x->len;
+}
+
+/*
+ * Stores an answer (qend: end of its question) under key, replacing any
+ * entry for the same question; the answer MUST have passed
+ * dns_parse_answer. Removes its padding and clamps its TTLs in place
+ * first, so the client that asked sees what later ones will. Evicts the
+ * least recently used entries to make room.
+ */
+static void
+cache_store(unsigned char *m, size_t *lenp, size_t qend, uint8_t key)
+{
+	struct cache *c = &g.cache;
+	struct cache_entry *x;
+	uint32_t ttl, hash;
+	size_t len, need, off;
+	int32_t e, *tail;
+
+	if (c->n_blocks == 0)
+		return;
+	len = dns_strip_padding(m, *lenp, qend);
+	if (len == 0)
+		return;
+	*lenp = len;
+	ttl = dns_cache_ttl(m, len, qend);
+	if (ttl == 0 || len > CACHE_MAX_ANSWER_BYTES)
+		return;
+	if ((m[3] & 0x0F) == DNS_RCODE_NXDOMAIN || get16(m + 6) == 0)
+		ttl = ttl < CACHE_NEG_MAX_TTL_S ? ttl : CACHE_NEG_MAX_TTL_S;
+	ttl = ttl < c->min_ttl_s ? c->min_ttl_s : ttl;
+	ttl = ttl > c->max_ttl_s ? c->max_ttl_s : ttl;
+	if (ttl == 0 || dns_rewrite_ttls(m, len, qend, 0, c->min_ttl_s,
+	    c->max_ttl_s) < 0)
+		return;
+	hash = cache_hash(m, qend, key);
+	e = cache_find(m, qend, key, hash);
+	if (e >= 0)
+		cache_remove(e);
+	need = (len + CACHE_BLOCK_BYTES - 1) / CACHE_BLOCK_BYTES;
+	if (need > c->n_blocks)
+		return;
+	while (c->n_free_blocks < need || c->free_entry < 0) {
+		cache_remove(c->lru_tail);
+		c->evictions++;
+	}
+	e = c->free_entry;
+	x = &c->entries[e];
+	c->free_entry = x->hnext;
+	x->hash = hash;
+	x->key = key;
+	x->len = (uint16_t)len;
+	x->qend = (uint16_t)qend;
+	x->stored_ms = g.now_ms;
+	x->ttl_s = ttl;
+	tail = &x->first;
+	for (off = 0; off < len; off += CACHE_BLOCK_BYTES) {
+		int32_t b = c->free_block;
+		size_t k = len - off < CACHE_BLOCK_BYTES ? len - off :
+		    CACHE_BLOCK_BYTES;
+
+		c->free_block = c->block_next[b];
+		c->n_free_blocks--;
+		memcpy(c->blocks[b], m + off, k);
+		*tail = b;
+		tail = &c->block_next[b];
+	}
+	*tail = -1;
+	x->hnext = c->buckets[hash & (c->n_buckets - 1)];
+	c->buckets[hash & (c->n_buckets - 1)] = e;
+	cache_lru_push(e);
+	c->inserts++;
+}
+
 /* ==== forward declarations ============================================ */
 /*
  * The query section comes after upstream, client and udp (it is the only
@@ -1174,6 +1711,212 @@ static void query_deliver(int slot, unsigned char *msg, size_t len);
 static void query_fail(int slot, int rcode);
 static void query_receive(const unsigned char *msg, size_t len,
     const struct origin *from);
+
+/* ==== zone: private zones over plain DNS ============================== */
+/*
+ * Owns g.zones and g.ztcp. A query at or below a --forward-zone domain
+ * (longest match wins) goes to that zone's server over UDP from a
+ * connected socket (only that server's answers are read), with an ID made
+ * like an upstream's; a truncated answer is asked again over TCP. This is
+ * what keeps cluster.local resolving through kube-dns, and lan through
+ * the router's dnsmasq. Its answers are cached apart from DoT answers.
+ */
+
+static size_t
+zone_route(size_t zi)
+{
+	return MAX_UPSTREAMS + zi;
+}
+
+static void
+zone_tcp_close(int ti)
+{
+	struct zone_tcp *t = &g.ztcp[ti];
+
+	if (t->fd >= 0)
+		close(t->fd);
+	t->fd = -1;
+	t->state = ZTCP_FREE;
+	if (t->slot >= 0 && g.pending[t->slot].ztcp == ti)
+		g.pending[t->slot].ztcp = -1;
+	t->slot = -1;
+}
+
+/* Logs a zone server error once per distinct errno. */
+static void
+zone_error(struct zone *z, const char *what, int err)
+{
+	if (err != z->last_err)
+		log_warn("forward zone %s: %s: %s", z->label, what,
+		    strerror(err));
+	z->last_err = err;
+	z->n_failures++;
+}
+
+/* Sends a pending query to its zone's server over UDP. */
+static void
+zone_send(size_t zi, int slot)
+{
+	struct zone *z = &g.zones[zi];
+	struct pending_query *p = &g.pending[slot];
+
+	p->upstream = (uint8_t)zone_route(zi);
+	p->state = PENDING_SENT;
+	p->up_id = pending_make_id(slot, z->id_key);
+	put16(p->query, p->up_id);
+	z->n_queries++;
+	if (send(z->udp_fd, p->query, p->qlen, MSG_DONTWAIT) < 0) {
+		zone_error(z, "send failed", errno);
+		query_fail(slot, DNS_RCODE_SERVFAIL);
+	}
+}
+
+/* Asks a query again over TCP after a truncated answer. If no connection
+ * can be had, the truncated answer goes to the client as it is. */
+static void
+zone_tcp_start(size_t zi, int slot, unsigned char *tc, size_t tclen)
+{
+	struct zone *z = &g.zones[zi];
+	struct pending_query *p = &g.pending[slot];
+	struct zone_tcp *t = NULL;
+	int ti, fd;
+
+	for (ti = 0; ti < MAX_ZONE_TCP; ti++)
+		if (g.ztcp[ti].state == ZTCP_FREE) {
+			t = &g.ztcp[ti];
+			break;
+		}
+	fd = t ? socket(z->addr.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK |
+	    SOCK_CLOEXEC, 0) : -1;
+	if (fd < 0 || fd >= FD_SETSIZE) {
+		if (fd >= 0)
+			close(fd);
+		query_deliver(slot, tc, tclen);
+		return;
+	}
+	z->n_tcp++;
+	t->fd = fd;
+	t->slot = slot;
+	p->ztcp = (int8_t)ti;
+	put16(t->buf, p->qlen);
+	memcpy(t->buf + 2, p->query, p->qlen);
+	t->off = 0;
+	t->len = 2u + p->qlen;
+	t->state = ZTCP_CONNECTING;
+	if (connect(fd, &z->addr.sa, z->addrlen) < 0 &&
+	    errno != EINPROGRESS) {
+		zone_error(z, "TCP connect failed", errno);
+		zone_tcp_close(ti);
+		query_fail(slot, DNS_RCODE_SERVFAIL);
+	}
+}
+
+/* One answer from a zone server (UDP or TCP): matched by ID and
+ * question, else dropped. */
+static void
+zone_on_answer(size_t zi, unsigned char *m, size_t len, int over_tcp)
+{
+	struct zone *z = &g.zones[zi];
+	struct pending_query *p;
+	size_t qend;
+	int slot;
+
+	if (len < DNS_HEADER_BYTES)
+		return;
+	slot = pending_find(zone_route(zi), z->id_key, get16(m));
+	if (slot < 0)
+		return;
+	p = &g.pending[slot];
+	qend = dns_parse_answer(m, len);
+	if (qend == 0 || !dns_question_equal(m, qend, p->query, p->qend))
+		return;		/* not the answer: the deadline stands */
+	z->last_err = 0;
+	if ((m[2] & DNS_FLAG_TC) && !over_tcp && p->ztcp < 0) {
+		zone_tcp_start(zi, slot, m, len);
+		return;
+	}
+	if (p->ztcp >= 0)
+		zone_tcp_close(p->ztcp);
+	query_deliver(slot, m, len);
+}
+
+/* Reads the zone socket's datagrams (a batch at most). */
+static void
+zone_on_readable(size_t zi)
+{
+	static unsigned char buf[MSG_MAX_BYTES];
+	int i;
+
+	for (i = 0; i < UDP_BATCH; i++) {
+		ssize_t n = recv(g.zones[zi].udp_fd, buf, sizeof buf,
+		    MSG_DONTWAIT);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				zone_error(&g.zones[zi], "receive failed",
+				    errno);
+			return;
+		}
+		zone_on_answer(zi, buf, (size_t)n, 0);
+	}
+}
+
+/* Progress on one zone TCP connection: connect, send, read. */
+static void
+zone_tcp_io(int ti, int readable, int writable)
+{
+	struct zone_tcp *t = &g.ztcp[ti];
+	int slot = t->slot;
+	size_t zi = g.pending[slot].upstream - MAX_UPSTREAMS;
+	ssize_t n;
+	int err = 0;
+
+	if (t->state == ZTCP_CONNECTING && writable) {
+		socklen_t el = sizeof err;
+
+		if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+			err = errno;
+		if (err != 0)
+			goto fail;
+		t->state = ZTCP_SENDING;
+	}
+	if (t->state == ZTCP_SENDING && writable) {
+		n = send(t->fd, t->buf + t->off, t->len - t->off, MSG_NOSIGNAL);
+		if (n < 0 && errno != EAGAIN && errno != EINTR) {
+			err = errno;
+			goto fail;
+		}
+		if (n > 0)
+			t->off += (size_t)n;
+		if (t->off == t->len) {
+			t->state = ZTCP_READING;
+			t->len = 0;
+		}
+		return;
+	}
+	if (t->state != ZTCP_READING || !readable)
+		return;
+	n = recv(t->fd, t->buf + t->len, 2 + MSG_MAX_BYTES - t->len, 0);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		err = n < 0 ? errno : ECONNRESET;
+		goto fail;
+	}
+	t->len += (size_t)n;
+	if (t->len < 2 || t->len < 2u + get16(t->buf))
+		return;
+	zone_on_answer(zi, t->buf + 2, get16(t->buf), 1);
+	if (g.pending[slot].state == PENDING_FREE || g.pending[slot].ztcp != ti)
+		return;		/* answered, and the connection closed */
+	err = EPROTO;		/* an answer that does not match */
+fail:
+	zone_error(&g.zones[zi], "TCP query failed", err);
+	zone_tcp_close(ti);
+	query_fail(slot, DNS_RCODE_SERVFAIL);
+}
 
 /* ==== upstream: TLS connections to resolvers ========================== */
 /*
@@ -1347,6 +2090,11 @@ upstream_detach(int slot)
 	struct upstream *u = &g.upstreams[p->upstream];
 	int prev = -1, cur;
 
+	if (p->upstream >= MAX_UPSTREAMS) {	/* a forward zone's */
+		if (p->ztcp >= 0)
+			zone_tcp_close(p->ztcp);
+		return;
+	}
 	if (p->state == PENDING_SENT) {
 		u->inflight--;
 		return;
@@ -2203,7 +2951,8 @@ client_want(struct client_conn *c, fd_set *rd, fd_set *wr, int *maxfd)
 {
 	if (c->state == CLIENT_FREE)
 		return;
-	if (c->state != CLIENT_EOF && c->inflight < MAX_INFLIGHT_PER_CLIENT &&
+	if (c->state != CLIENT_EOF && !g.draining &&
+	    c->inflight < MAX_INFLIGHT_PER_CLIENT &&
 	    c->out_len - c->out_off < CLIENT_OUT_BYTES / 2)
 		FD_SET(c->fd, rd);
 	if (c->out_len > c->out_off)
@@ -2482,11 +3231,14 @@ query_name_text(const unsigned char *m, size_t qend, char *out, size_t outlen)
 	out[o] = '\0';
 }
 
+/* An answer from an upstream or a zone server for a pending query:
+ * cached, then sent as the client asked. */
 static void
 query_deliver(int slot, unsigned char *msg, size_t len)
 {
 	struct pending_query *p = &g.pending[slot];
 
+	cache_store(msg, &len, p->qend, p->cache_key);
 	len = dns_answer_for_client(msg, len, p->query, p->qend, p->client_id,
 	    p->has_opt, p->udp_limit);
 	if (len == 0) {
@@ -2497,6 +3249,33 @@ query_deliver(int slot, unsigned char *msg, size_t len)
 	pending_free(slot);
 }
 
+/*
+ * With --serve-stale, answers a query that no upstream answered from an
+ * expired cache entry (RFC 8767), with a 30 s TTL. Returns 1 if it did.
+ */
+static int
+query_serve_stale(struct pending_query *p)
+{
+	static unsigned char out[CACHE_MAX_ANSWER_BYTES];
+	size_t len;
+	int e;
+
+	if (g.cache.stale_s == 0)
+		return 0;
+	e = cache_find(p->query, p->qend, p->cache_key,
+	    cache_hash(p->query, p->qend, p->cache_key));
+	if (e < 0)
+		return 0;
+	len = cache_get(e, out, 1);
+	len = dns_answer_for_client(out, len, p->query, p->qend, p->client_id,
+	    p->has_opt, p->udp_limit);
+	if (len == 0)
+		return 0;
+	g.cache.stale++;
+	query_send(&p->from, out, len);
+	return 1;
+}
+
 static void
 query_fail(int slot, int rcode)
 {
@@ -2505,6 +3284,10 @@ query_fail(int slot, int rcode)
 	    DNS_OPT_FIXED_BYTES];
 	size_t len;
 
+	if (rcode == DNS_RCODE_SERVFAIL && query_serve_stale(p)) {
+		pending_free(slot);
+		return;
+	}
 	len = dns_make_error(out, p->query, p->qend, p->client_id, p->has_opt,
 	    rcode);
 	if (rcode == DNS_RCODE_SERVFAIL)
@@ -2513,57 +3296,106 @@ query_fail(int slot, int rcode)
 	pending_free(slot);
 }
 
+/* Answers a query from the cache if a fresh entry is there: no slot, no
+ * upstream. Returns 1 if it did. */
+static int
+query_from_cache(const unsigned char *msg, const struct dns_query_info *qi,
+    const struct origin *from, uint8_t key)
+{
+	static unsigned char out[CACHE_MAX_ANSWER_BYTES];
+	size_t len;
+	int e;
+
+	e = cache_find(msg, qi->qend, key, cache_hash(msg, qi->qend, key));
+	if (e < 0 || (len = cache_get(e, out, 0)) == 0) {
+		g.cache.misses++;
+		return 0;
+	}
+	len = dns_answer_for_client(out, len, msg, qi->qend, qi->id,
+	    qi->has_opt, from->kind == ORIGIN_UDP ? qi->udp_limit : 0);
+	if (len == 0)
+		return 0;
+	g.cache.hits++;
+	query_send(from, out, len);
+	return 1;
+}
+
+/* Answers a query at once with an error RCODE (or SERVFAIL). */
+static void
+query_reply_error(const unsigned char *msg, const struct dns_query_info *qi,
+    const struct origin *from, int rcode)
+{
+	unsigned char out[DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4 +
+	    DNS_OPT_FIXED_BYTES];
+	size_t len = dns_make_error(out, msg, qi->qend, qi->id, qi->has_opt,
+	    rcode);
+
+	if (rcode == DNS_RCODE_SERVFAIL)
+		g.n_servfail++;
+	query_send(from, out, len);
+}
+
 /*
  * A query from a client (UDP datagram or TCP frame): answered at once if
- * it is malformed or nothing can take it, else queued on the preferred
- * usable upstream.
+ * it is malformed, in the cache, or nothing can take it; else sent to its
+ * forward zone's server, or queued on the preferred usable upstream.
  */
 static void
 query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 {
 	struct dns_query_info qi;
 	struct pending_query *p;
-	int rc, slot, up;
+	int rc, slot, up, zi;
+	uint8_t key;
 
 	if (from->kind == ORIGIN_UDP)
 		g.n_udp_queries++;
 	else
 		g.n_tcp_queries++;
 	rc = dns_parse_query(msg, len, &qi);
-	if (rc != 0) {
-		unsigned char out[DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4 +
-		    DNS_OPT_FIXED_BYTES];
-
-		if (rc == DNS_DROP) {
-			if (from->kind == ORIGIN_TCP)
-				client_answer(from->slot, from->gen, NULL, 0);
-			return;
-		}
-		len = dns_make_error(out, msg, qi.qend, qi.id, qi.has_opt, rc);
-		query_send(from, out, len);
+	if (rc == DNS_DROP) {
+		if (from->kind == ORIGIN_TCP)
+			client_answer(from->slot, from->gen, NULL, 0);
 		return;
 	}
+	if (rc != 0) {
+		query_reply_error(msg, &qi, from, rc);
+		return;
+	}
+	if (g.log_level >= LOG_DEBUG) {
+		char name[DNS_NAME_MAX_BYTES * 4 + 8];
+
+		query_name_text(msg, qi.qend, name, sizeof name);
+		log_debug("query %s type %u over %s", name, qi.qtype,
+		    from->kind == ORIGIN_UDP ? "UDP" : "TCP");
+	}
+	zi = g.n_zones == 0 ? -1 : dns_match_zone(msg, DNS_HEADER_BYTES,
+	    g.zone_names, g.zone_lens, g.n_zones);
+	key = cache_key(qi.do_bit, msg[3] & DNS_FLAG_CD, (unsigned)(zi + 1));
+	if (g.cache.n_blocks != 0 && query_from_cache(msg, &qi, from, key))
+		return;
 	slot = pending_alloc();
 	if (slot < 0) {
-		unsigned char out[DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4 +
-		    DNS_OPT_FIXED_BYTES];
-
 		if (ratelimit_ok(&g.rl_table_full))
 			log_warn("%d queries in flight: new ones get SERVFAIL",
 			    MAX_PENDING);
-		len = dns_make_error(out, msg, qi.qend, qi.id, qi.has_opt,
-		    DNS_RCODE_SERVFAIL);
-		g.n_servfail++;
-		query_send(from, out, len);
+		query_reply_error(msg, &qi, from, DNS_RCODE_SERVFAIL);
 		return;
 	}
 	p = &g.pending[slot];
 	p->from = *from;
 	p->client_id = qi.id;
 	p->has_opt = (uint8_t)qi.has_opt;
+	p->cache_key = key;
 	p->udp_limit = from->kind == ORIGIN_UDP ? qi.udp_limit : 0;
 	p->qend = (uint16_t)qi.qend;
 	memcpy(p->query, msg, len);
+	if (zi >= 0) {
+		/* Plain DNS to a private server: nothing to pad for. */
+		p->qlen = (uint16_t)len;
+		zone_send((size_t)zi, slot);
+		return;
+	}
 	if (g.pad_block != 0) {
 		size_t padded = dns_pad_query(p->query, len, PENDING_QUERY_BYTES,
 		    qi.qend, g.pad_block);
@@ -2574,13 +3406,6 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 			memcpy(p->query, msg, len);	/* left as it came */
 	}
 	p->qlen = (uint16_t)len;
-	if (g.log_level >= LOG_DEBUG) {
-		char name[DNS_NAME_MAX_BYTES * 4 + 8];
-
-		query_name_text(msg, qi.qend, name, sizeof name);
-		log_debug("query %s type %u over %s", name, qi.qtype,
-		    from->kind == ORIGIN_UDP ? "UDP" : "TCP");
-	}
 	up = upstream_pick();
 	if (up < 0) {
 		upstream_none_usable();
@@ -2668,6 +3493,18 @@ loop_dispatch(fd_set *rd, fd_set *wr)
 		    FD_ISSET(fd, rd))
 			client_on_readable(c);
 	}
+	for (i = 0; i < MAX_ZONE_TCP; i++) {
+		struct zone_tcp *t = &g.ztcp[i];
+		int fd = t->fd;
+
+		if (t->state != ZTCP_FREE)
+			zone_tcp_io((int)i, FD_ISSET(fd, rd), FD_ISSET(fd, wr));
+	}
+	for (i = 0; i < g.n_zones; i++)
+		if (FD_ISSET(g.zones[i].udp_fd, rd))
+			zone_on_readable(i);
+	if (g.draining)
+		return;		/* listeners are not watched any more */
 	for (i = 0; i < g.n_listeners; i++)
 		if (FD_ISSET(g.listeners[i].udp_fd, rd))
 			udp_on_readable(i);
@@ -2677,11 +3514,133 @@ loop_dispatch(fd_set *rd, fd_set *wr)
 			client_accept(g.listeners[i].tcp_fd);
 }
 
-/* Runs until SIGTERM or SIGINT. */
+/*
+ * SIGTERM/SIGINT: stop taking queries (TCP listeners closed, UDP and TCP
+ * clients no longer read) but keep the sockets that answers go out of.
+ */
+static void
+loop_begin_drain(void)
+{
+	size_t i, n = MAX_PENDING - g.n_free;
+
+	g.draining = 1;
+	g.drain_deadline_ms = g.now_ms + g.drain_ms;
+	for (i = 0; i < g.n_listeners; i++) {
+		close(g.listeners[i].tcp_fd);
+		g.listeners[i].tcp_fd = -1;
+	}
+	log_info("stopping on signal %d: %zu quer%s in flight, waiting up to "
+	    "%u ms", (int)g_stop_signal, n, n == 1 ? "y" : "ies", g.drain_ms);
+}
+
+/*
+ * Returns 1 when a drain is over: every query answered, every answer
+ * written, every upstream closed with close_notify. At the deadline (or a
+ * second signal) what is left gets SERVFAIL and the drain is over.
+ */
+static int
+loop_drain_done(void)
+{
+	size_t i;
+	int busy = 0;
+
+	if (g_stop_count > 1 || g.now_ms >= g.drain_deadline_ms) {
+		while (g.age_head >= 0) {
+			int slot = g.age_head;
+
+			upstream_detach(slot);
+			query_fail(slot, DNS_RCODE_SERVFAIL);
+		}
+		udp_flush();
+		return 1;
+	}
+	if (g.age_head >= 0)
+		return 0;
+	for (i = 0; i < MAX_TCP_CLIENTS; i++)
+		if (g.clients[i].state != CLIENT_FREE &&
+		    g.clients[i].out_len > g.clients[i].out_off)
+			return 0;
+	for (i = 0; i < g.n_upstreams; i++) {
+		struct upstream *u = &g.upstreams[i];
+
+		if (u->state == UPSTREAM_READY) {
+			br_ssl_engine_close(&u->sc.eng);
+			upstream_set_state(u, UPSTREAM_CLOSING);
+			upstream_pump(u);
+		}
+		if (u->state == UPSTREAM_CLOSING ||
+		    u->state == UPSTREAM_CONNECTING ||
+		    u->state == UPSTREAM_HANDSHAKING)
+			busy = 1;
+	}
+	return !busy;
+}
+
+/* Writes one line of counters (SIGUSR1), whatever the log level. */
+static void
+loop_log_stats(void)
+{
+	char line[4096];
+	size_t i, n_clients = 0, o;
+
+	for (i = 0; i < MAX_TCP_CLIENTS; i++)
+		n_clients += g.clients[i].state != CLIENT_FREE;
+	o = (size_t)snprintf(line, sizeof line, "dotproxy: stats: "
+	    "queries udp=%lu tcp=%lu; cache hits=%lu misses=%lu stale=%lu "
+	    "entries=%zu evictions=%lu; servfail=%lu; in_flight=%zu "
+	    "tcp_clients=%zu", g.n_udp_queries, g.n_tcp_queries,
+	    g.cache.hits, g.cache.misses, g.cache.stale,
+	    g.cache.n_blocks ? g.cache.n_entries - loop_free_entries() : 0,
+	    g.cache.evictions, g.n_servfail, MAX_PENDING - g.n_free,
+	    n_clients);
+	for (i = 0; i < g.n_upstreams && o < sizeof line; i++) {
+		struct upstream *u = &g.upstreams[i];
+
+		o += (size_t)snprintf(line + o, sizeof line - o, "; upstream "
+		    "%s %s queries=%lu connects=%lu resumed=%lu failures=%lu",
+		    u->label, upstream_state_names[u->state], u->n_queries,
+		    u->n_connects, u->n_resumed, u->n_failures);
+	}
+	for (i = 0; i < g.n_zones && o < sizeof line; i++) {
+		struct zone *z = &g.zones[i];
+
+		o += (size_t)snprintf(line + o, sizeof line - o, "; zone %s "
+		    "queries=%lu tcp=%lu failures=%lu", z->label, z->n_queries,
+		    z->n_tcp, z->n_failures);
+	}
+	if (o >= sizeof line - 1)
+		o = sizeof line - 2;
+	line[o++] = '\n';
+	(void)!write(2, line, o);
+}
+
+/* Adds zone sockets to the fd sets. */
+static void
+loop_want_zones(fd_set *rd, fd_set *wr, int *maxfd)
+{
+	size_t i;
+
+	for (i = 0; i < g.n_zones; i++) {
+		FD_SET(g.zones[i].udp_fd, rd);
+		if (g.zones[i].udp_fd > *maxfd)
+			*maxfd = g.zones[i].udp_fd;
+	}
+	for (i = 0; i < MAX_ZONE_TCP; i++) {
+		struct zone_tcp *t = &g.ztcp[i];
+
+		if (t->state == ZTCP_FREE)
+			continue;
+		FD_SET(t->fd, t->state == ZTCP_READING ? rd : wr);
+		if (t->fd > *maxfd)
+			*maxfd = t->fd;
+	}
+}
+
+/* Runs until SIGTERM or SIGINT, and the drain after it. */
 static void
 loop_run(void)
 {
-	while (!g_stop_signal) {
+	for (;;) {
 		fd_set rd, wr;
 		struct timeval tv;
 		int64_t ms;
@@ -2689,6 +3648,12 @@ loop_run(void)
 		size_t i;
 
 		g.now_ms = time_now_ms();
+		if (g_stop_count > 0 && !g.draining)
+			loop_begin_drain();
+		if (g_stats_wanted) {
+			g_stats_wanted = 0;
+			loop_log_stats();
+		}
 		loop_expire();
 		for (i = 0; i < g.n_upstreams; i++) {
 			struct upstream *u = &g.upstreams[i];
@@ -2698,9 +3663,11 @@ loop_run(void)
 			    u->state == UPSTREAM_CLOSING)
 				upstream_feed(u);	/* and pump */
 		}
+		if (g.draining && loop_drain_done())
+			break;
 		FD_ZERO(&rd);
 		FD_ZERO(&wr);
-		for (i = 0; i < g.n_listeners; i++) {
+		for (i = 0; i < g.n_listeners && !g.draining; i++) {
 			struct listener *l = &g.listeners[i];
 
 			FD_SET(l->udp_fd, &rd);
@@ -2714,6 +3681,7 @@ loop_run(void)
 			upstream_want(&g.upstreams[i], &rd, &wr, &maxfd);
 		for (i = 0; i < MAX_TCP_CLIENTS; i++)
 			client_want(&g.clients[i], &rd, &wr, &maxfd);
+		loop_want_zones(&rd, &wr, &maxfd);
 		if (udp_tx.n > 0)
 			udp_flush();	/* this pass's answers, in one call */
 		ms = loop_timeout_ms();
@@ -2985,6 +3953,107 @@ config_parse_upstream(const char *spec, struct upstream *u)
 	return NULL;
 }
 
+/*
+ * Converts a domain in text form ("cluster.local", "lan.", ".") to wire
+ * form in lower case. Returns its length, or 0 if it is not a valid name.
+ */
+static size_t
+config_domain_to_wire(const char *s, unsigned char *out)
+{
+	size_t o = 0;
+
+	if (strcmp(s, ".") == 0) {
+		out[0] = 0;
+		return 1;
+	}
+	while (*s != '\0') {
+		const char *dot = strchr(s, '.');
+		size_t i, l = dot ? (size_t)(dot - s) : strlen(s);
+
+		if (l == 0 || l > DNS_LABEL_MAX_BYTES ||
+		    o + 1 + l + 1 > DNS_NAME_MAX_BYTES)
+			return 0;
+		out[o++] = (unsigned char)l;
+		for (i = 0; i < l; i++) {
+			unsigned char c = (unsigned char)s[i];
+
+			if (c <= ' ' || c >= 0x7F || c == '\\')
+				return 0;
+			out[o++] = (unsigned char)(c >= 'A' && c <= 'Z' ?
+			    c + 'a' - 'A' : c);
+		}
+		s += l;
+		if (*s == '.')
+			s++;		/* a trailing dot is fine */
+	}
+	if (o == 0)
+		return 0;
+	out[o++] = 0;
+	return o;
+}
+
+/*
+ * Parses DOMAIN=IP[@PORT] (--forward-zone) into z. Returns NULL, or what
+ * is wrong with it.
+ */
+static const char *
+config_parse_zone(const char *spec, struct zone *z)
+{
+	char dom[DNS_NAME_MAX_BYTES * 2];
+	const char *eq = strchr(spec, '=');
+	char addr[INET6_ADDRSTRLEN + 8];
+
+	if (eq == NULL)
+		return "want DOMAIN=IP[@PORT]";
+	if ((size_t)(eq - spec) >= sizeof dom)
+		return "domain too long";
+	memcpy(dom, spec, (size_t)(eq - spec));
+	dom[eq - spec] = '\0';
+	z->name_len = config_domain_to_wire(dom, z->name);
+	if (z->name_len == 0)
+		return "bad domain name";
+	if (config_parse_addr(eq + 1, DEFAULT_PORT, &z->addr, &z->addrlen) < 0)
+		return "bad server address (want IP, IP@PORT or [IPv6]:PORT)";
+	util_format_addr(&z->addr, addr, sizeof addr);
+	snprintf(z->label, sizeof z->label, "%s (%s)", dom, addr);
+	return NULL;
+}
+
+/* Opens a zone's connected UDP socket (start-up: fatal on error). */
+static void
+config_open_zone(struct zone *z)
+{
+	z->udp_fd = socket(z->addr.sa.sa_family, SOCK_DGRAM | SOCK_NONBLOCK |
+	    SOCK_CLOEXEC, 0);
+	if (z->udp_fd < 0 || connect(z->udp_fd, &z->addr.sa, z->addrlen) < 0)
+		die("forward zone %s: %s", z->label, strerror(errno));
+	if (util_random(&z->id_key, sizeof z->id_key) < 0)
+		die("getrandom failed: %s", strerror(errno));
+}
+
+/* Parses a byte count with an optional k or m suffix (--cache-size). */
+static int
+config_parse_size(const char *s, size_t *out)
+{
+	char num[32];
+	size_t n = strlen(s), mult = 1;
+	unsigned long v;
+
+	if (n == 0 || n >= sizeof num)
+		return -1;
+	memcpy(num, s, n + 1);
+	if (num[n - 1] == 'k' || num[n - 1] == 'K')
+		mult = 1024;
+	else if (num[n - 1] == 'm' || num[n - 1] == 'M')
+		mult = 1024 * 1024;
+	if (mult != 1)
+		num[n - 1] = '\0';
+	if (config_parse_uint(num, 0, 1024UL * 1024 * 1024 / mult, &v) < 0)
+		return -1;
+	*out = v * mult;
+	return 0;
+}
+
 /* Returns 1 if an address is 0.0.0.0 or ::. */
 static int
 config_is_wildcard(const union sockaddr_u *a)
@@ -3058,7 +4127,12 @@ fail:
 static void
 config_on_signal(int sig)
 {
+	if (sig == SIGUSR1) {
+		g_stats_wanted = 1;
+		return;
+	}
 	g_stop_signal = sig;
+	g_stop_count++;
 }
 
 /* dotproxy is PID 1 in a scratch container: the kernel ignores signals
@@ -3073,6 +4147,7 @@ config_signals(void)
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
 }
@@ -3102,15 +4177,29 @@ config_usage(FILE *f)
 "                         failed upstream again (default %d)\n"
 "      --padding BLOCK    pad queries to a multiple of BLOCK bytes\n"
 "                         (RFC 8467; default %d, 0 for none)\n"
+"      --cache-size BYTES memory for the answer cache, k or m suffix\n"
+"                         (default %dk; 0 for no cache)\n"
+"      --cache-min-ttl S  cache answers at least S seconds (default %d)\n"
+"      --cache-max-ttl S  cache answers at most S seconds (default %d)\n"
+"      --serve-stale S    when no upstream answers, serve answers expired\n"
+"                         less than S seconds ago, with TTL 30 (RFC 8767;\n"
+"                         default 0: never)\n"
+"      --forward-zone DOMAIN=IP[@PORT]\n"
+"                         send queries at or below DOMAIN to the plain-DNS\n"
+"                         server IP (repeatable; longest match wins)\n"
+"      --drain-timeout MS on SIGTERM, finish queries in flight for at most\n"
+"                         MS milliseconds (default %d)\n"
 "  -v, --verbose          log every event, query names included\n"
 "  -q, --quiet            log warnings and errors only\n"
 "  -h, --help             show this help\n"
 "  -V, --version          show the version\n"
 "\n"
 "Environment: DOT_SERVER=SPEC[,SPEC]... is used when no --upstream is given.\n"
-"Signals: SIGTERM and SIGINT stop it (exit status 0).\n",
+"Signals: SIGTERM and SIGINT stop it (exit status 0) after the queries in\n"
+"flight are answered; SIGUSR1 writes a line of counters to stderr.\n",
 	    QUERY_TIMEOUT_MS, UPSTREAM_IDLE_MS, BACKOFF_MAX_MS,
-	    PAD_BLOCK_BYTES);
+	    PAD_BLOCK_BYTES, CACHE_DEFAULT_BYTES / 1024, CACHE_MIN_TTL_S,
+	    CACHE_MAX_TTL_S, DRAIN_TIMEOUT_MS);
 }
 
 static void
@@ -3173,6 +4262,15 @@ config_add_listener(const char *spec, int optional)
 
 /* ==== main ============================================================ */
 
+enum {				/* long options without a short form */
+	OPT_CACHE_SIZE = 256,
+	OPT_CACHE_MIN_TTL,
+	OPT_CACHE_MAX_TTL,
+	OPT_SERVE_STALE,
+	OPT_FORWARD_ZONE,
+	OPT_DRAIN_TIMEOUT,
+};
+
 #ifndef DOTPROXY_NO_MAIN
 int
 main(int argc, char **argv)
@@ -3185,6 +4283,12 @@ main(int argc, char **argv)
 		{ "idle-timeout", required_argument, NULL, 'I' },
 		{ "max-backoff", required_argument, NULL, 'B' },
 		{ "padding", required_argument, NULL, 'P' },
+		{ "cache-size", required_argument, NULL, OPT_CACHE_SIZE },
+		{ "cache-min-ttl", required_argument, NULL, OPT_CACHE_MIN_TTL },
+		{ "cache-max-ttl", required_argument, NULL, OPT_CACHE_MAX_TTL },
+		{ "serve-stale", required_argument, NULL, OPT_SERVE_STALE },
+		{ "forward-zone", required_argument, NULL, OPT_FORWARD_ZONE },
+		{ "drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -3193,7 +4297,9 @@ main(int argc, char **argv)
 	};
 	const char *listen_specs[MAX_LISTENERS];
 	const char *ca_file = NULL, *env;
-	size_t n_listen = 0, i;
+	size_t n_listen = 0, i, cache_bytes = CACHE_DEFAULT_BYTES;
+	unsigned cache_min_ttl = CACHE_MIN_TTL_S;
+	unsigned cache_max_ttl = CACHE_MAX_TTL_S, serve_stale = 0;
 	int opt;
 
 	g.log_level = LOG_INFO;
@@ -3201,6 +4307,7 @@ main(int argc, char **argv)
 	g.idle_timeout_ms = UPSTREAM_IDLE_MS;
 	g.max_backoff_ms = BACKOFF_MAX_MS;
 	g.pad_block = PAD_BLOCK_BYTES;
+	g.drain_ms = DRAIN_TIMEOUT_MS;
 	g.tas = TAs;
 	g.n_tas = TAs_NUM;
 	g.now_ms = time_now_ms();
@@ -3232,14 +4339,53 @@ main(int argc, char **argv)
 			g.max_backoff_ms = config_number("--max-backoff",
 			    optarg, BACKOFF_MIN_MS, 3600000, "milliseconds");
 			break;
-		case 'P':
-			g.pad_block = config_number("--padding", optarg, 0,
-			    PAD_BLOCK_MAX_BYTES, "a block size in bytes, 0 for "
-			    "none, or");
-			if (g.pad_block != 0 && g.pad_block < 16)
+		case 'P': {
+			unsigned long v;
+
+			if (config_parse_uint(optarg, 0, PAD_BLOCK_MAX_BYTES,
+			    &v) < 0 || (v != 0 && v < 16))
 				die("bad --padding '%s' (want 0 for none, or a "
 				    "block size from 16 to %d bytes)", optarg,
 				    PAD_BLOCK_MAX_BYTES);
+			g.pad_block = (unsigned)v;
+			break;
+		}
+		case OPT_CACHE_SIZE:
+			if (config_parse_size(optarg, &cache_bytes) < 0)
+				die("bad --cache-size '%s' (want bytes, with k or "
+				    "m for KiB or MiB, up to 1024m; 0 for no "
+				    "cache)", optarg);
+			if (cache_bytes != 0 && cache_bytes < 4096)
+				die("bad --cache-size '%s' (want 0 for no cache, "
+				    "or at least 4k)", optarg);
+			break;
+		case OPT_CACHE_MIN_TTL:
+			cache_min_ttl = config_number("--cache-min-ttl", optarg,
+			    0, 86400, "seconds");
+			break;
+		case OPT_CACHE_MAX_TTL:
+			cache_max_ttl = config_number("--cache-max-ttl", optarg,
+			    1, 7 * 86400, "seconds");
+			break;
+		case OPT_SERVE_STALE:
+			serve_stale = config_number("--serve-stale", optarg, 0,
+			    7 * 86400, "seconds");
+			break;
+		case OPT_FORWARD_ZONE: {
+			const char *why;
+
+			if (g.n_zones == MAX_ZONES)
+				die("too many forward zones (at most %d): '%s'",
+				    MAX_ZONES, optarg);
+			why = config_parse_zone(optarg, &g.zones[g.n_zones]);
+			if (why != NULL)
+				die("bad --forward-zone '%s': %s", optarg, why);
+			g.n_zones++;
+			break;
+		}
+		case OPT_DRAIN_TIMEOUT:
+			g.drain_ms = config_number("--drain-timeout", optarg, 0,
+			    600000, "milliseconds");
 			break;
 		case 'v':
 			g.log_level = LOG_DEBUG;
@@ -3275,6 +4421,25 @@ main(int argc, char **argv)
 				config_add_upstream(
 				    config_default_upstreams[i], "");
 	}
+	if (cache_min_ttl > cache_max_ttl)
+		die("--cache-min-ttl %u is above --cache-max-ttl %u",
+		    cache_min_ttl, cache_max_ttl);
+	cache_init(cache_bytes);
+	g.cache.min_ttl_s = cache_min_ttl;
+	g.cache.max_ttl_s = cache_max_ttl;
+	g.cache.stale_s = serve_stale;
+	if (serve_stale != 0 && cache_bytes == 0)
+		die("--serve-stale needs a cache (--cache-size is 0)");
+	for (i = 0; i < g.n_zones; i++) {
+		config_open_zone(&g.zones[i]);
+		g.zone_names[i] = g.zones[i].name;
+		g.zone_lens[i] = g.zones[i].name_len;
+	}
+	for (i = 0; i < MAX_ZONE_TCP; i++) {
+		g.ztcp[i].fd = -1;
+		g.ztcp[i].slot = -1;
+		g.ztcp[i].buf = g.ztcp_bufs[i];
+	}
 	if (ca_file != NULL)
 		anchors_load_file(ca_file);
 	for (i = 0; i < g.n_upstreams; i++)
@@ -3297,17 +4462,14 @@ main(int argc, char **argv)
 	    g.n_upstreams, g.n_upstreams == 1 ? "" : "s",
 	    g.upstreams[0].label, g.n_tas, g.n_tas == 1 ? "" : "s");
 	loop_run();
-	log_info("stopping on signal %d", (int)g_stop_signal);
-	udp_flush();
 	for (i = 0; i < g.n_upstreams; i++)
 		upstream_shutdown(&g.upstreams[i]);
 	for (i = 0; i < MAX_TCP_CLIENTS; i++)
 		if (g.clients[i].state != CLIENT_FREE)
 			client_close(&g.clients[i]);
-	for (i = 0; i < g.n_listeners; i++) {
+	for (i = 0; i < g.n_listeners; i++)
 		close(g.listeners[i].udp_fd);
-		close(g.listeners[i].tcp_fd);
-	}
+	log_info("stopped");
 	return 0;
 }
 #endif /* DOTPROXY_NO_MAIN */
