@@ -578,6 +578,241 @@ test_padding(void)
 	CHECK(len == qend + 2 * 16 && get16(a + 10) == 0);
 }
 
+/* Appends an SOA record (owner = question name via pointer) to the
+ * authority section, with the given TTL and MINIMUM. */
+static size_t
+add_soa(unsigned char *m, size_t len, uint32_t ttl, uint32_t minimum)
+{
+	static const unsigned char rd[] = {
+		2, 'n', 's', 0xC0, 0x0C,		/* MNAME ns.<q> */
+		0xC0, 0x0C,				/* RNAME <q> */
+		0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4,
+	};
+	unsigned char *p = m + len;
+
+	p[0] = 0xC0;
+	p[1] = 0x0C;
+	put16(p + 2, DNS_TYPE_SOA);
+	put16(p + 4, 1);
+	put16(p + 6, ttl >> 16);
+	put16(p + 8, ttl & 0xFFFF);
+	put16(p + 10, sizeof rd + 4);
+	memcpy(p + 12, rd, sizeof rd);
+	put16(p + 12 + sizeof rd, minimum >> 16);
+	put16(p + 12 + sizeof rd + 2, minimum & 0xFFFF);
+	put16(m + 8, get16(m + 8) + 1u);
+	return len + 12 + sizeof rd + 4;
+}
+
+static uint32_t
+ttl_at(const unsigned char *m, size_t rr_ttl_off)
+{
+	return (uint32_t)get16(m + rr_ttl_off) << 16 | get16(m + rr_ttl_off + 2);
+}
+
+static void
+test_cache_ttl(void)
+{
+	unsigned char q[512], a[2048];
+	size_t qlen, len;
+
+	qlen = mkquery(q, 1, "example.test", 1, 0, 0);
+	memcpy(a, q, qlen);
+	len = mkanswer(a, qlen, 3, 1);		/* TTL 60 each, and an OPT */
+	put16(a + qlen + 16 + 8, 30);		/* second record: TTL 30 */
+	CHECK(dns_cache_ttl(a, len, qlen) == 30);
+	/* TC, SERVFAIL, REFUSED: not cached */
+	a[2] |= DNS_FLAG_TC;
+	CHECK(dns_cache_ttl(a, len, qlen) == 0);
+	a[2] &= (unsigned char)~DNS_FLAG_TC;
+	a[3] = (a[3] & 0xF0) | 2;
+	CHECK(dns_cache_ttl(a, len, qlen) == 0);
+	a[3] = (a[3] & 0xF0) | 5;
+	CHECK(dns_cache_ttl(a, len, qlen) == 0);
+	/* NXDOMAIN: min(SOA TTL, MINIMUM); without SOA, not cached */
+	memcpy(a, q, qlen);
+	len = mkanswer(a, qlen, 0, 0);
+	a[3] = (a[3] & 0xF0) | DNS_RCODE_NXDOMAIN;
+	CHECK(dns_cache_ttl(a, len, qlen) == 0);
+	len = add_soa(a, len, 900, 300);
+	CHECK(dns_cache_ttl(a, len, qlen) == 300);
+	memcpy(a, q, qlen);
+	len = mkanswer(a, qlen, 0, 0);		/* NODATA */
+	len = add_soa(a, len, 120, 3600);
+	CHECK(dns_cache_ttl(a, len, qlen) == 120);
+	/* a SOA cut short */
+	CHECK(dns_cache_ttl(a, len - 1, qlen) == 0);
+
+	/* TTL rewriting: count down, clamp, stale; OPT untouched */
+	memcpy(a, q, qlen);
+	len = mkanswer(a, qlen, 2, 1);
+	CHECK(dns_rewrite_ttls(a, len, qlen, 25, 0, DNS_TTL_MAX) == 0);
+	CHECK(ttl_at(a, qlen + 6) == 35 && ttl_at(a, qlen + 16 + 6) == 35);
+	CHECK(a[len - DNS_OPT_BYTES + 7] == 0x80);	/* DO bit intact */
+	CHECK(dns_rewrite_ttls(a, len, qlen, 100, 0, DNS_TTL_MAX) == 0);
+	CHECK(ttl_at(a, qlen + 6) == 0);
+	CHECK(dns_rewrite_ttls(a, len, qlen, 0, 30, 30) == 0);
+	CHECK(ttl_at(a, qlen + 6) == 30);
+	CHECK(dns_rewrite_ttls(a, len, qlen, 0, 100, 200) == 0);
+	CHECK(ttl_at(a, qlen + 6) == 100);
+	CHECK(dns_rewrite_ttls(a, len - 3, qlen, 0, 0, 10) < 0);
+}
+
+static void
+test_zones(void)
+{
+	unsigned char w[3][DNS_NAME_MAX_BYTES], q[512];
+	const unsigned char *names[3];
+	size_t lens[3], len;
+
+	CHECK(config_domain_to_wire("Cluster.Local", w[0]) == 15);
+	CHECK(memcmp(w[0], "\7cluster\5local", 15) == 0);
+	CHECK(config_domain_to_wire("local.", w[1]) == 7);
+	CHECK(config_domain_to_wire(".", w[2]) == 1 && w[2][0] == 0);
+	CHECK(config_domain_to_wire("", w[2]) == 0);
+	CHECK(config_domain_to_wire("a..b", w[2]) == 0);
+	CHECK(config_domain_to_wire(".a", w[2]) == 0);
+	CHECK(config_domain_to_wire("a b", w[2]) == 0);
+	lens[0] = config_domain_to_wire("cluster.local", w[0]);
+	lens[1] = config_domain_to_wire("local", w[1]);
+	lens[2] = config_domain_to_wire("svc.cluster.local", w[2]);
+	names[0] = w[0];
+	names[1] = w[1];
+	names[2] = w[2];
+	len = mkquery(q, 1, "Kube-DNS.kube-system.SVC.cluster.local", 1, 0, 0);
+	CHECK(dns_match_zone(q, 12, names, lens, 3) == 2);	/* longest */
+	len = mkquery(q, 1, "pod.cluster.local", 1, 0, 0);
+	CHECK(dns_match_zone(q, 12, names, lens, 3) == 0);
+	len = mkquery(q, 1, "cluster.local", 1, 0, 0);
+	CHECK(dns_match_zone(q, 12, names, lens, 3) == 0);	/* at apex */
+	len = mkquery(q, 1, "other.local", 1, 0, 0);
+	CHECK(dns_match_zone(q, 12, names, lens, 3) == 1);
+	len = mkquery(q, 1, "xcluster.local", 1, 0, 0);
+	CHECK(dns_match_zone(q, 12, names, lens, 3) == 1);	/* labels */
+	len = mkquery(q, 1, "example.com", 1, 0, 0);
+	CHECK(dns_match_zone(q, 12, names, lens, 3) == -1);
+	(void)len;
+	{
+		struct zone z;
+		size_t sz;
+
+		CHECK(config_parse_zone("lan=192.168.1.1", &z) == NULL &&
+		    ntohs(z.addr.sin.sin_port) == 53 && z.name_len == 5);
+		CHECK(config_parse_zone("cluster.local=10.96.0.10@5353",
+		    &z) == NULL && ntohs(z.addr.sin.sin_port) == 5353);
+		CHECK(config_parse_zone("home.arpa=[fd00::1]:53", &z) == NULL);
+		CHECK(config_parse_zone("lan", &z) != NULL);
+		CHECK(config_parse_zone("=1.2.3.4", &z) != NULL);
+		CHECK(config_parse_zone("lan=router", &z) != NULL);
+		CHECK(config_parse_size("0", &sz) == 0 && sz == 0);
+		CHECK(config_parse_size("64k", &sz) == 0 && sz == 65536);
+		CHECK(config_parse_size("2M", &sz) == 0 && sz == 2097152);
+		CHECK(config_parse_size("100000", &sz) == 0 && sz == 100000);
+		CHECK(config_parse_size("1025m", &sz) < 0);
+		CHECK(config_parse_size("k", &sz) < 0);
+		CHECK(config_parse_size("12x", &sz) < 0);
+	}
+}
+
+/* Stores an answer for name with n records (TTL 60) under key 0. */
+static void
+cache_put(const char *name, unsigned n)
+{
+	unsigned char q[512], a[4096];
+	size_t qlen = mkquery(q, 1, name, 1, 0, 0), len;
+
+	memcpy(a, q, qlen);
+	len = mkanswer(a, qlen, n, 0);
+	cache_store(a, &len, qlen, 0);
+}
+
+static int
+cache_lookup(const char *name, uint8_t key)
+{
+	unsigned char q[512];
+	size_t qlen = mkquery(q, 1, name, 1, 0, 0);
+
+	return cache_find(q, qlen, key, cache_hash(q, qlen, key));
+}
+
+static void
+test_cache(void)
+{
+	static unsigned char out[CACHE_MAX_ANSWER_BYTES];
+	size_t len, i;
+	int e;
+
+	g.now_ms = 1000000;
+	cache_init(64 * 1024);
+	CHECK(g.cache.n_blocks > 100);
+	cache_put("a.example", 2);
+	e = cache_lookup("A.EXAMPLE", 0);
+	CHECK(e >= 0);				/* name without case */
+	CHECK(cache_lookup("a.example", 1) < 0);	/* key: DO bit */
+	CHECK(cache_lookup("a.example", cache_key(0, 0, 1)) < 0); /* zone */
+	CHECK(cache_lookup("b.example", 0) < 0);
+	/* the hit counts TTLs down */
+	g.now_ms += 25 * 1000;
+	len = cache_get(e, out, 0);
+	CHECK(len == 12 + 15 + 2 * 16);
+	CHECK(ttl_at(out, 12 + 15 + 6) == 35);
+	/* expired: not fresh; kept for serve-stale, else gone */
+	g.now_ms += 40 * 1000;
+	CHECK(cache_get(e, out, 0) == 0);
+	CHECK(cache_lookup("a.example", 0) < 0);	/* stale_s == 0 */
+	cache_put("a.example", 2);
+	g.cache.stale_s = 100;
+	g.now_ms += 120 * 1000;
+	e = cache_lookup("a.example", 0);
+	CHECK(e >= 0);
+	CHECK(cache_get(e, out, 0) == 0);
+	len = cache_get(e, out, 1);
+	CHECK(len != 0 && ttl_at(out, 12 + 15 + 6) == STALE_TTL_S);
+	g.now_ms += 60 * 1000;				/* past the window */
+	CHECK(cache_lookup("a.example", 0) < 0);
+	g.cache.stale_s = 0;
+	/* replacing an entry leaves one */
+	cache_put("c.example", 1);
+	cache_put("c.example", 3);
+	e = cache_lookup("c.example", 0);
+	CHECK(e >= 0 && g.cache.entries[e].len == 12 + 15 + 3 * 16);
+	/* max TTL clamp */
+	g.cache.max_ttl_s = 10;
+	cache_put("d.example", 1);
+	e = cache_lookup("d.example", 0);
+	CHECK(e >= 0 && g.cache.entries[e].ttl_s == 10);
+	g.cache.max_ttl_s = CACHE_MAX_TTL_S;
+	/* multi-block answers come back whole */
+	cache_put("big.example", 100);
+	e = cache_lookup("big.example", 0);
+	CHECK(e >= 0);
+	len = cache_get(e, out, 0);
+	CHECK(len == 12 + 17 + 100 * 16 && out[len - 1] == 99);
+	/* LRU: fill the cache; the entry read last survives, the oldest
+	 * untouched one goes */
+	cache_put("keep.example", 1);
+	cache_put("old.example", 1);
+	for (i = 0; i < 2 * g.cache.n_blocks; i++) {
+		char name[32];
+
+		if (i % 50 == 0) {
+			e = cache_lookup("keep.example", 0);
+			if (e >= 0)
+				cache_get(e, out, 0);
+		}
+		snprintf(name, sizeof name, "n%zu.example", i);
+		cache_put(name, 1);
+	}
+	CHECK(cache_lookup("keep.example", 0) >= 0);
+	CHECK(cache_lookup("old.example", 0) < 0);
+	CHECK(g.cache.evictions > 0);
+	CHECK(g.cache.n_free_blocks <= g.cache.n_blocks);
+	/* no cache: nothing stored, nothing found */
+	cache_init(0);
+	cache_put("a.example", 1);
+	CHECK(cache_lookup("a.example", 0) < 0);
+}
+
 int
 main(void)
 {
@@ -590,6 +825,9 @@ main(void)
 	test_specs();
 	test_misc();
 	test_padding();
+	test_cache_ttl();
+	test_zones();
+	test_cache();
 	printf("%d passed, %d failed\n", n_pass, n_fail);
 	return n_fail != 0;
 }
