@@ -63,6 +63,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/mman.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -404,23 +405,167 @@ static volatile sig_atomic_t g_stats_wanted;	/* SIGUSR1 */
 
 static const char *const log_names[] = { "error", "warn", "info", "debug" };
 
+/*
+ * A small vsnprintf for what dotproxy prints: %s %c %d %u %x with the l,
+ * ll and z sizes and a zero-padded width (%03u). Always terminates the
+ * string when cap > 0; returns the length written (at most cap - 1).
+ * musl's printf would bring 10 KB of floating-point formatting along.
+ */
+static size_t
+util_vfmt(char *out, size_t cap, const char *fmt, va_list ap)
+{
+	size_t o = 0;
+
+#define UTIL_PUT(ch) do { if (o + 1 < cap) out[o++] = (char)(ch); } while (0)
+	for (; *fmt != '\0'; fmt++) {
+		char num[24];
+		int n = 0, width = 0, zero = 0, size = 0, neg = 0, base = 10;
+		unsigned long long v;
+		const char *str;
+
+		if (*fmt != '%') {
+			UTIL_PUT(*fmt);
+			continue;
+		}
+		if (*++fmt == '0')
+			zero = *fmt++;
+		while (*fmt >= '0' && *fmt <= '9')
+			width = width * 10 + (*fmt++ - '0');
+		for (; *fmt == 'l'; fmt++)
+			size++;
+		if (*fmt == 'z') {
+			size = 3;
+			fmt++;
+		}
+		switch (*fmt) {
+		case 's':
+			str = va_arg(ap, const char *);
+			for (str = str ? str : "(null)"; *str; str++)
+				UTIL_PUT(*str);
+			continue;
+		case 'c':
+			UTIL_PUT(va_arg(ap, int));
+			continue;
+		case 'd': {
+			long long x = size == 2 ? va_arg(ap, long long) :
+			    size == 1 ? va_arg(ap, long) : va_arg(ap, int);
+
+			neg = x < 0;
+			v = neg ? 0 - (unsigned long long)x :
+			    (unsigned long long)x;
+			break;
+		}
+		case 'x':
+			base = 16;
+			/* FALLTHROUGH */
+		case 'u':
+			v = size == 3 ? va_arg(ap, size_t) :
+			    size == 2 ? va_arg(ap, unsigned long long) :
+			    size == 1 ? va_arg(ap, unsigned long) :
+			    va_arg(ap, unsigned);
+			break;
+		case '\0':
+			fmt--;
+			continue;
+		default:
+			UTIL_PUT(*fmt);
+			continue;
+		}
+		do {
+			num[n++] = "0123456789abcdef"[v % (unsigned)base];
+			v /= (unsigned)base;
+		} while (v != 0);
+		if (neg)
+			UTIL_PUT('-');
+		for (width -= n + neg; width > 0; width--)
+			UTIL_PUT(zero ? '0' : ' ');
+		while (n > 0)
+			UTIL_PUT(num[--n]);
+	}
+#undef UTIL_PUT
+	if (cap > 0)
+		out[o] = '\0';
+	return o;
+}
+
+static size_t util_fmt(char *out, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static size_t
+util_fmt(char *out, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+	size_t n;
+
+	va_start(ap, fmt);
+	n = util_vfmt(out, cap, fmt, ap);
+	va_end(ap);
+	return n;
+}
+
+/*
+ * Start-up memory (trust anchors from --ca-file, the cache): anonymous
+ * pages, never freed, untouched until used. A bump allocator over 64 KB
+ * chunks; musl's malloc would add 9 KB for memory never given back.
+ */
+static void *
+util_alloc(size_t n)
+{
+	static unsigned char *chunk;
+	static size_t left;
+	void *p;
+
+	n = (n + 15) & ~(size_t)15;
+	if (n > left) {
+		size_t sz = n > 65536 ? n : 65536;
+
+		p = mmap(NULL, sz, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			return NULL;
+		if (sz > 65536)
+			return p;	/* a big one keeps its own pages */
+		chunk = p;
+		left = sz;
+	}
+	p = chunk;
+	chunk += n;
+	left -= n;
+	return p;
+}
+
+/* Writes all of buf to fd (a terminal or pipe may take it in parts). */
+static void
+util_write(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return;
+		buf += n;
+		len -= (size_t)n;
+	}
+}
+
 static void
 log_msg(int level, const char *fmt, ...)
 {
 	char line[512];
 	va_list ap;
-	int n;
+	size_t n;
 
 	if (level > g.log_level)
 		return;
-	n = snprintf(line, sizeof line, "dotproxy: %s: ", log_names[level]);
+	n = util_fmt(line, sizeof line, "dotproxy: %s: ", log_names[level]);
 	va_start(ap, fmt);
-	vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+	n += util_vfmt(line + n, sizeof line - n - 1, fmt, ap);
 	va_end(ap);
-	n = (int)strlen(line);
 	line[n++] = '\n';
 	/* One write per line: lines from one process never interleave. */
-	(void)!write(2, line, (size_t)n);
+	util_write(2, line, n);
 }
 
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
@@ -436,11 +581,13 @@ die(const char *fmt, ...)
 {
 	char line[512];
 	va_list ap;
+	size_t n = util_fmt(line, sizeof line, "dotproxy: fatal: ");
 
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof line, fmt, ap);
+	n += util_vfmt(line + n, sizeof line - n - 1, fmt, ap);
 	va_end(ap);
-	dprintf(2, "dotproxy: fatal: %s\n", line);
+	line[n++] = '\n';
+	util_write(2, line, n);
 	exit(1);
 }
 
@@ -506,10 +653,10 @@ util_format_addr(const union sockaddr_u *a, char *out, size_t outlen)
 
 	if (a->sa.sa_family == AF_INET6) {
 		inet_ntop(AF_INET6, &a->sin6.sin6_addr, ip, sizeof ip);
-		snprintf(out, outlen, "[%s]:%u", ip, ntohs(a->sin6.sin6_port));
+		util_fmt(out, outlen, "[%s]:%u", ip, ntohs(a->sin6.sin6_port));
 	} else {
 		inet_ntop(AF_INET, &a->sin.sin_addr, ip, sizeof ip);
-		snprintf(out, outlen, "%s:%u", ip, ntohs(a->sin.sin_port));
+		util_fmt(out, outlen, "%s:%u", ip, ntohs(a->sin.sin_port));
 	}
 }
 
@@ -587,19 +734,19 @@ util_br_error_name(int err, char *buf, size_t buflen)
 	size_t i;
 
 	if (err >= BR_ERR_SEND_FATAL_ALERT) {
-		snprintf(buf, buflen, "BR_ERR_SEND_FATAL_ALERT (alert %d)",
+		util_fmt(buf, buflen, "BR_ERR_SEND_FATAL_ALERT (alert %d)",
 		    err - BR_ERR_SEND_FATAL_ALERT);
 		return buf;
 	}
 	if (err >= BR_ERR_RECV_FATAL_ALERT) {
-		snprintf(buf, buflen, "BR_ERR_RECV_FATAL_ALERT (alert %d)",
+		util_fmt(buf, buflen, "BR_ERR_RECV_FATAL_ALERT (alert %d)",
 		    err - BR_ERR_RECV_FATAL_ALERT);
 		return buf;
 	}
 	for (i = 0; i < sizeof br_errors / sizeof br_errors[0]; i++)
 		if (br_errors[i].code == err)
 			return br_errors[i].name;
-	snprintf(buf, buflen, "BearSSL error %d", err);
+	util_fmt(buf, buflen, "BearSSL error %d", err);
 	return buf;
 }
 
@@ -1140,9 +1287,14 @@ dns_answer_for_client(unsigned char *m, size_t len, const unsigned char *query,
  */
 #include "anchors.inc"
 
+#define ANCHORS_MAX		512	/* certificates in a --ca-file */
+#define ANCHOR_DER_MAX_BYTES	16384	/* one certificate */
+#define ANCHOR_DN_MAX_BYTES	2048	/* one subject name */
+
 struct byte_buf {
 	unsigned char *data;
 	size_t len, cap;
+	int overflow;
 };
 
 static void
@@ -1151,13 +1303,8 @@ anchors_buf_append(void *ctx, const void *data, size_t len)
 	struct byte_buf *b = ctx;
 
 	if (b->len + len > b->cap) {
-		size_t cap = (b->len + len) * 2;
-		unsigned char *p = realloc(b->data, cap);
-
-		if (p == NULL)
-			die("out of memory reading trust anchors");
-		b->data = p;
-		b->cap = cap;
+		b->overflow = 1;
+		return;
 	}
 	memcpy(b->data + b->len, data, len);
 	b->len += len;
@@ -1166,7 +1313,7 @@ anchors_buf_append(void *ctx, const void *data, size_t len)
 static void *
 anchors_dup(const void *src, size_t len)
 {
-	void *p = malloc(len ? len : 1);
+	void *p = util_alloc(len ? len : 1);
 
 	if (p == NULL)
 		die("out of memory reading trust anchors");
@@ -1183,21 +1330,23 @@ static int
 anchors_from_der(const unsigned char *der, size_t len,
     br_x509_trust_anchor *ta)
 {
+	static unsigned char dn_data[ANCHOR_DN_MAX_BYTES];
+	struct byte_buf dn = { dn_data, 0, sizeof dn_data, 0 };
 	br_x509_decoder_context dc;
-	struct byte_buf dn = { 0 };
 	br_x509_pkey *pk;
-	int err;
 
 	br_x509_decoder_init(&dc, anchors_buf_append, &dn);
 	br_x509_decoder_push(&dc, der, len);
 	pk = br_x509_decoder_get_pkey(&dc);
 	if (pk == NULL) {
-		err = br_x509_decoder_last_error(&dc);
-		free(dn.data);
+		int err = br_x509_decoder_last_error(&dc);
+
 		return err ? err : BR_ERR_X509_INVALID_VALUE;
 	}
+	if (dn.overflow)
+		return BR_ERR_X509_LIMIT_EXCEEDED;
 	memset(ta, 0, sizeof *ta);
-	ta->dn.data = dn.data;
+	ta->dn.data = anchors_dup(dn.data, dn.len);
 	ta->dn.len = dn.len;
 	ta->flags = br_x509_decoder_isCA(&dc) ? BR_X509_TA_CA : 0;
 	ta->pkey.key_type = pk->key_type;
@@ -1211,10 +1360,42 @@ anchors_from_der(const unsigned char *der, size_t len,
 		ta->pkey.key.ec.q = anchors_dup(pk->key.ec.q, pk->key.ec.qlen);
 		ta->pkey.key.ec.qlen = pk->key.ec.qlen;
 	} else {
-		free(dn.data);
 		return BR_ERR_X509_UNSUPPORTED;
 	}
 	return 0;
+}
+
+/* Reads a whole file into start-up memory. Returns its length. */
+static size_t
+anchors_read_file(const char *path, unsigned char **out)
+{
+	struct stat st;
+	size_t len = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || fstat(fd, &st) < 0)
+		die("cannot read --ca-file '%s': %s", path, strerror(errno));
+	if (!S_ISREG(st.st_mode) || st.st_size > 16 * 1024 * 1024)
+		die("cannot read --ca-file '%s': not a regular file of at most "
+		    "16 MB", path);
+	*out = util_alloc((size_t)st.st_size + 1);
+	if (*out == NULL)
+		die("out of memory reading --ca-file '%s'", path);
+	while (len < (size_t)st.st_size) {
+		ssize_t n = read(fd, *out + len, (size_t)st.st_size - len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			die("cannot read --ca-file '%s': %s", path,
+			    strerror(errno));
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	(*out)[len++] = '\n';	/* in case the file lacks a final newline */
+	return len;
 }
 
 /*
@@ -1225,48 +1406,29 @@ anchors_from_der(const unsigned char *der, size_t len,
 static void
 anchors_load_file(const char *path)
 {
-	static const char nl = '\n';
+	static unsigned char der_data[ANCHOR_DER_MAX_BYTES];
+	struct byte_buf der = { der_data, 0, sizeof der_data, 0 };
 	br_pem_decoder_context pc;
-	struct byte_buf file = { 0 }, der = { 0 };
-	br_x509_trust_anchor *tas = NULL;
-	size_t n_tas = 0, off = 0;
-	int in_cert = 0, fed_nl = 0;
+	br_x509_trust_anchor *tas;
+	unsigned char *file;
+	size_t n_tas = 0, off = 0, len;
+	int in_cert = 0, err;
 	char ebuf[64];
-	FILE *f;
 
-	f = fopen(path, "rb");
-	if (f == NULL)
-		die("cannot read --ca-file '%s': %s", path, strerror(errno));
-	for (;;) {
-		unsigned char chunk[4096];
-		size_t n = fread(chunk, 1, sizeof chunk, f);
-
-		if (n == 0)
-			break;
-		anchors_buf_append(&file, chunk, n);
-	}
-	if (ferror(f))
-		die("cannot read --ca-file '%s': %s", path, strerror(errno));
-	fclose(f);
-
+	len = anchors_read_file(path, &file);
+	tas = util_alloc(ANCHORS_MAX * sizeof *tas);
+	if (tas == NULL)
+		die("out of memory reading --ca-file '%s'", path);
 	br_pem_decoder_init(&pc);
-	/* A final newline is fed in case the file lacks one (as brssl). */
-	while (off < file.len || !fed_nl) {
-		const void *src = off < file.len ?
-		    (const void *)(file.data + off) : (const void *)&nl;
-		size_t left = off < file.len ? file.len - off : 1;
-		size_t used = br_pem_decoder_push(&pc, src, left);
-
-		if (off < file.len)
-			off += used;
-		else if (used)
-			fed_nl = 1;
+	while (off < len) {
+		off += br_pem_decoder_push(&pc, file + off, len - off);
 		switch (br_pem_decoder_event(&pc)) {
 		case BR_PEM_BEGIN_OBJ:
 			in_cert = strcmp(br_pem_decoder_name(&pc),
 			    "CERTIFICATE") == 0 || strcmp(br_pem_decoder_name(
 			    &pc), "X509 CERTIFICATE") == 0;
 			der.len = 0;
+			der.overflow = 0;
 			br_pem_decoder_setdest(&pc,
 			    in_cert ? anchors_buf_append : NULL,
 			    in_cert ? &der : NULL);
@@ -1274,21 +1436,17 @@ anchors_load_file(const char *path)
 		case BR_PEM_END_OBJ:
 			if (!in_cert)
 				break;
-			tas = realloc(tas, (n_tas + 1) * sizeof *tas);
-			if (tas == NULL)
-				die("out of memory reading trust anchors");
-			{
-				int err = anchors_from_der(der.data, der.len,
-				    &tas[n_tas]);
-
-				if (err)
-					die("--ca-file '%s': certificate %zu: "
-					    "%s", path, n_tas + 1,
-					    util_br_error_name(err, ebuf,
-					    sizeof ebuf));
-			}
-			n_tas++;
 			in_cert = 0;
+			if (n_tas == ANCHORS_MAX)
+				die("--ca-file '%s': more than %d certificates",
+				    path, ANCHORS_MAX);
+			err = der.overflow ? BR_ERR_X509_LIMIT_EXCEEDED :
+			    anchors_from_der(der.data, der.len, &tas[n_tas]);
+			if (err)
+				die("--ca-file '%s': certificate %zu: %s", path,
+				    n_tas + 1, util_br_error_name(err, ebuf,
+				    sizeof ebuf));
+			n_tas++;
 			break;
 		case BR_PEM_ERROR:
 			die("--ca-file '%s': not a valid PEM file", path);
@@ -1296,8 +1454,6 @@ anchors_load_file(const char *path)
 			break;
 		}
 	}
-	free(file.data);
-	free(der.data);
 	if (n_tas == 0)
 		die("--ca-file '%s': no certificate found", path);
 	g.tas = tas;
@@ -1459,10 +1615,10 @@ cache_init(size_t bytes)
 	for (c->n_buckets = 1; c->n_buckets * 2 <= c->n_entries * 2;
 	    c->n_buckets *= 2)
 		;
-	c->blocks = malloc(c->n_blocks * CACHE_BLOCK_BYTES);
-	c->block_next = malloc(c->n_blocks * sizeof(int32_t));
-	c->entries = malloc(c->n_entries * sizeof(struct cache_entry));
-	c->buckets = malloc(c->n_buckets * sizeof(int32_t));
+	c->blocks = util_alloc(c->n_blocks * CACHE_BLOCK_BYTES);
+	c->block_next = util_alloc(c->n_blocks * sizeof(int32_t));
+	c->entries = util_alloc(c->n_entries * sizeof(struct cache_entry));
+	c->buckets = util_alloc(c->n_buckets * sizeof(int32_t));
 	if (!c->blocks || !c->block_next || !c->entries || !c->buckets)
 		die("cannot allocate a %zu-byte cache", bytes);
 	for (i = 0; i < c->n_blocks; i++)
@@ -1956,6 +2112,67 @@ static const uint16_t upstream_suites_soft[] = {
 
 static const char *upstream_alpn[] = { "dot" };	/* RFC 7858 */
 
+/*
+ * Elliptic curves: X25519 (what servers pick for ECDHE) with its own
+ * code, P-256/384/521 (certificate signatures) with BearSSL's generic
+ * prime-curve code. BearSSL's br_ec_all_m31 adds an 8 KB P-256 special
+ * case that only speeds up a handshake, which resumption mostly avoids.
+ */
+static const br_ec_impl *
+upstream_ec_for(int curve)
+{
+	return curve == BR_EC_curve25519 ? &br_ec_c25519_m31 :
+	    &br_ec_prime_i31;
+}
+
+static const unsigned char *
+upstream_ec_generator(int curve, size_t *len)
+{
+	return upstream_ec_for(curve)->generator(curve, len);
+}
+
+static const unsigned char *
+upstream_ec_order(int curve, size_t *len)
+{
+	return upstream_ec_for(curve)->order(curve, len);
+}
+
+static size_t
+upstream_ec_xoff(int curve, size_t *len)
+{
+	return upstream_ec_for(curve)->xoff(curve, len);
+}
+
+static uint32_t
+upstream_ec_mul(unsigned char *g, size_t glen, const unsigned char *x,
+    size_t xlen, int curve)
+{
+	return upstream_ec_for(curve)->mul(g, glen, x, xlen, curve);
+}
+
+static size_t
+upstream_ec_mulgen(unsigned char *r, const unsigned char *x, size_t xlen,
+    int curve)
+{
+	return upstream_ec_for(curve)->mulgen(r, x, xlen, curve);
+}
+
+static uint32_t
+upstream_ec_muladd(unsigned char *a, const unsigned char *b, size_t len,
+    const unsigned char *x, size_t xlen, const unsigned char *y, size_t ylen,
+    int curve)
+{
+	return upstream_ec_for(curve)->muladd(a, b, len, x, xlen, y, ylen,
+	    curve);
+}
+
+static const br_ec_impl upstream_ec = {
+	(1u << BR_EC_secp256r1) | (1u << BR_EC_secp384r1) |
+	    (1u << BR_EC_secp521r1) | (1u << BR_EC_curve25519),
+	upstream_ec_generator, upstream_ec_order, upstream_ec_xoff,
+	upstream_ec_mul, upstream_ec_mulgen, upstream_ec_muladd,
+};
+
 static const char *const upstream_state_names[] = {
 	"disconnected", "connecting", "handshaking", "ready", "closing",
 	"backoff",
@@ -2003,11 +2220,11 @@ upstream_tls_init(struct upstream *u)
 	br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
 	br_ssl_engine_set_default_aes_gcm(eng);
 	br_ssl_engine_set_default_chapol(eng);
-	br_ssl_engine_set_ec(eng, &br_ec_all_m31);
+	br_ssl_engine_set_ec(eng, &upstream_ec);
 	br_ssl_engine_set_rsavrfy(eng, &br_rsa_i31_pkcs1_vrfy);
 	br_ssl_engine_set_ecdsa(eng, &br_ecdsa_i31_vrfy_asn1);
 	br_x509_minimal_set_rsa(&u->xc, &br_rsa_i31_pkcs1_vrfy);
-	br_x509_minimal_set_ecdsa(&u->xc, &br_ec_all_m31,
+	br_x509_minimal_set_ecdsa(&u->xc, &upstream_ec,
 	    &br_ecdsa_i31_vrfy_asn1);
 	br_ssl_engine_set_x509(eng, &u->xc.vtable);
 	br_ssl_engine_set_buffer(eng, u->iobuf, sizeof u->iobuf, 1);
@@ -2202,7 +2419,7 @@ upstream_fail_errno(struct upstream *u, const char *what, int err)
 {
 	char buf[128];
 
-	snprintf(buf, sizeof buf, "%s: %s", what, strerror(err));
+	util_fmt(buf, sizeof buf, "%s: %s", what, strerror(err));
 	upstream_fail(u, UPSTREAM_ERR_ERRNO + err, buf);
 }
 
@@ -2471,7 +2688,7 @@ upstream_pump(struct upstream *u)
 				    ? "closed" : "closed by the server");
 				return;
 			}
-			snprintf(what, sizeof what, "%s failed: %s",
+			util_fmt(what, sizeof what, "%s failed: %s",
 			    u->state == UPSTREAM_READY ? "TLS" : "handshake",
 			    util_br_error_name(err, ebuf, sizeof ebuf));
 			upstream_fail(u, err, what);
@@ -2619,7 +2836,7 @@ upstream_stalled(struct upstream *u)
 	char what[96];
 	size_t i;
 
-	snprintf(what, sizeof what, "no answer for %lld ms",
+	util_fmt(what, sizeof what, "no answer for %lld ms",
 	    (long long)(g.now_ms - u->progress_ms));
 	for (i = 0; i < g.n_upstreams; i++) {
 		if (&g.upstreams[i] != u &&
@@ -3221,7 +3438,7 @@ query_name_text(const unsigned char *m, size_t qend, char *out, size_t outlen)
 			if (ch > ' ' && ch < 0x7F && ch != '.' && ch != '\\')
 				out[o++] = (char)ch;
 			else
-				o += (size_t)snprintf(out + o, outlen - o,
+				o += util_fmt(out + o, outlen - o,
 				    "\\%03u", ch);
 		}
 		out[o++] = '.';
@@ -3585,7 +3802,7 @@ loop_log_stats(void)
 
 	for (i = 0; i < MAX_TCP_CLIENTS; i++)
 		n_clients += g.clients[i].state != CLIENT_FREE;
-	o = (size_t)snprintf(line, sizeof line, "dotproxy: stats: "
+	o = util_fmt(line, sizeof line, "dotproxy: stats: "
 	    "queries udp=%lu tcp=%lu; cache hits=%lu misses=%lu stale=%lu "
 	    "entries=%zu evictions=%lu; servfail=%lu; in_flight=%zu "
 	    "tcp_clients=%zu", g.n_udp_queries, g.n_tcp_queries,
@@ -3596,7 +3813,7 @@ loop_log_stats(void)
 	for (i = 0; i < g.n_upstreams && o < sizeof line; i++) {
 		struct upstream *u = &g.upstreams[i];
 
-		o += (size_t)snprintf(line + o, sizeof line - o, "; upstream "
+		o += util_fmt(line + o, sizeof line - o, "; upstream "
 		    "%s %s queries=%lu connects=%lu resumed=%lu failures=%lu",
 		    u->label, upstream_state_names[u->state], u->n_queries,
 		    u->n_connects, u->n_resumed, u->n_failures);
@@ -3604,7 +3821,7 @@ loop_log_stats(void)
 	for (i = 0; i < g.n_zones && o < sizeof line; i++) {
 		struct zone *z = &g.zones[i];
 
-		o += (size_t)snprintf(line + o, sizeof line - o, "; zone %s "
+		o += util_fmt(line + o, sizeof line - o, "; zone %s "
 		    "queries=%lu tcp=%lu failures=%lu", z->label, z->n_queries,
 		    z->n_tcp, z->n_failures);
 	}
@@ -3949,7 +4166,7 @@ config_parse_upstream(const char *spec, struct upstream *u)
 		    "192.0.2.1#dns.example.net)";
 	strcpy(u->name, name);
 	util_format_addr(&u->addr, addr, sizeof addr);
-	snprintf(u->label, sizeof u->label, "%s (%s)", addr, u->name);
+	util_fmt(u->label, sizeof u->label, "%s (%s)", addr, u->name);
 	return NULL;
 }
 
@@ -4015,7 +4232,7 @@ config_parse_zone(const char *spec, struct zone *z)
 	if (config_parse_addr(eq + 1, DEFAULT_PORT, &z->addr, &z->addrlen) < 0)
 		return "bad server address (want IP, IP@PORT or [IPv6]:PORT)";
 	util_format_addr(&z->addr, addr, sizeof addr);
-	snprintf(z->label, sizeof z->label, "%s (%s)", dom, addr);
+	util_fmt(z->label, sizeof z->label, "%s (%s)", dom, addr);
 	return NULL;
 }
 
@@ -4153,9 +4370,10 @@ config_signals(void)
 }
 
 static void
-config_usage(FILE *f)
+config_usage(int fd)
 {
-	fprintf(f,
+	char text[4096];
+	size_t n = util_fmt(text, sizeof text,
 "Usage: dotproxy [OPTION]...\n"
 "Serve plain DNS on UDP and TCP; forward every query over DNS-over-TLS.\n"
 "\n"
@@ -4200,14 +4418,19 @@ config_usage(FILE *f)
 	    QUERY_TIMEOUT_MS, UPSTREAM_IDLE_MS, BACKOFF_MAX_MS,
 	    PAD_BLOCK_BYTES, CACHE_DEFAULT_BYTES / 1024, CACHE_MIN_TTL_S,
 	    CACHE_MAX_TTL_S, DRAIN_TIMEOUT_MS);
+
+	util_write(fd, text, n);
 }
 
+/* A usage error (unknown option, missing value): exit status 2. */
 static void
-config_usage_error(const char *fmt, const char *arg)
+config_usage_error(const char *what, const char *arg)
 {
-	fprintf(stderr, "dotproxy: ");
-	fprintf(stderr, fmt, arg);
-	fprintf(stderr, "\nTry 'dotproxy --help'.\n");
+	char line[512];
+	size_t n = util_fmt(line, sizeof line, "dotproxy: %s '%s'\n"
+	    "Try 'dotproxy --help'.\n", what, arg);
+
+	util_write(2, line, n);
 	exit(2);
 }
 
@@ -4394,23 +4617,24 @@ main(int argc, char **argv)
 			g.log_level = LOG_WARN;
 			break;
 		case 'h':
-			config_usage(stdout);
+			config_usage(1);
 			return 0;
 		case 'V':
-			printf("dotproxy %s (BearSSL 0.6, TLS 1.2)\n",
-			    DOTPROXY_VERSION);
+			util_write(1, "dotproxy " DOTPROXY_VERSION
+			    " (BearSSL 0.6, TLS 1.2)\n", sizeof("dotproxy "
+			    DOTPROXY_VERSION " (BearSSL 0.6, TLS 1.2)\n") - 1);
 			return 0;
 		case ':':
-			config_usage_error("option '%s' needs a value",
-			    argv[optind - 1]);
+			config_usage_error("this option needs a value:",
+			    argv[optind - 1 < argc ? optind - 1 : argc - 1]);
 			break;
 		default:
-			config_usage_error("unknown option '%s'",
-			    argv[optind - 1]);
+			config_usage_error("unknown option",
+			    argv[optind - 1 < argc ? optind - 1 : argc - 1]);
 		}
 	}
 	if (optind < argc)
-		config_usage_error("unexpected argument '%s'", argv[optind]);
+		config_usage_error("unexpected argument", argv[optind]);
 	if (g.n_upstreams == 0) {
 		env = getenv("DOT_SERVER");
 		if (env != NULL)

@@ -488,6 +488,14 @@ test_misc(void)
 	    sizeof buf), "BR_ERR_RECV_FATAL_ALERT (alert 40)") == 0);
 	CHECK(strcmp(util_br_error_name(99, buf, sizeof buf),
 	    "BearSSL error 99") == 0);
+	/* the small formatter */
+	CHECK(util_fmt(buf, sizeof buf, "%s:%u %d %03u %zu %lld %x %c%%",
+	    "a", 53u, -7, 5u, (size_t)42, -1234567890123LL, 255u, 'z') == 35);
+	CHECK(strcmp(buf, "a:53 -7 005 42 -1234567890123 ff z%") == 0);
+	CHECK(util_fmt(buf, 6, "%s", "truncated") == 5 &&
+	    strcmp(buf, "trunc") == 0);
+	CHECK(util_fmt(buf, sizeof buf, "%lu|%5d|", 4294967296UL, 12) == 17 &&
+	    strcmp(buf, "4294967296|   12|") == 0);
 	len = mkquery(q, 1, "a.b.example", 1, 0, 0);
 	query_name_text(q, len, name, sizeof name);
 	CHECK(strcmp(name, "a.b.example.") == 0);
