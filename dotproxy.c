@@ -224,6 +224,7 @@ struct upstream {
 	int queue_head, queue_tail;	/* FIFO of QUEUED pending slots */
 	size_t inject_off;		/* bytes of the head already injected */
 	size_t inflight;		/* SENT slots on this connection */
+	int answered;			/* an answer came on this connection */
 	unsigned long n_queries, n_connects, n_failures, n_resumed;
 	unsigned char offered_sid[32];	/* session ID offered for resumption */
 	size_t offered_sid_len;
@@ -2250,8 +2251,7 @@ upstream_set_state(struct upstream *u, enum upstream_state st)
 		u->deadline_ms = g.now_ms + CLOSE_TIMEOUT_MS;
 		break;
 	case UPSTREAM_READY:
-		u->backoff_ms = BACKOFF_MIN_MS;
-		u->idle_since_ms = g.now_ms;
+		u->idle_since_ms = g.now_ms;	/* backoff: see first answer */
 		break;
 	case UPSTREAM_BACKOFF:
 		u->retry_at_ms = g.now_ms + u->backoff_ms;
@@ -2397,16 +2397,18 @@ upstream_migrate_queue(struct upstream *u)
 }
 
 /*
- * A failure: logged once per distinct reason (a repeat goes to debug),
- * connection torn down, upstream in BACKOFF, its queries moved on.
+ * A failure: logged when a working upstream starts failing, and at debug
+ * level while it goes on failing (whatever the reason: a flapping path
+ * alternates between reasons), connection torn down, upstream in
+ * BACKOFF, its queries moved on.
  */
 static void
 upstream_fail(struct upstream *u, int code, const char *what)
 {
-	if (code != u->last_err)
+	if (u->last_err == 0)
 		log_warn("upstream %s: %s", u->label, what);
 	else
-		log_debug("upstream %s: %s (again)", u->label, what);
+		log_debug("upstream %s: %s (still failing)", u->label, what);
 	u->last_err = code;
 	u->n_failures++;
 	upstream_teardown(u);
@@ -2518,6 +2520,21 @@ upstream_send(struct upstream *u)
 	return 0;
 }
 
+/*
+ * The first answer on a connection: only now is an upstream known to
+ * work (a server may complete handshakes and never answer), so only now
+ * does its back-off start again from the bottom, and a recovery is told.
+ */
+static void
+upstream_on_first_answer(struct upstream *u)
+{
+	u->answered = 1;
+	u->backoff_ms = BACKOFF_MIN_MS;
+	if (u->last_err != 0)
+		log_info("upstream %s: connected again", u->label);
+	u->last_err = 0;
+}
+
 /* One answer from the stream: matched by ID and question, or dropped.
  * Returns 0, or -1 if the upstream was torn down. */
 static int
@@ -2542,6 +2559,8 @@ upstream_on_answer(struct upstream *u, unsigned char *m, size_t len)
 	p = &g.pending[slot];
 	qend = dns_parse_answer(m, len);
 	upstream_detach(slot);
+	if (!u->answered)
+		upstream_on_first_answer(u);
 	if (qend == 0 || !dns_question_equal(m, qend, p->query, p->qend)) {
 		if (ratelimit_ok(&g.rl_mismatch))
 			log_warn("upstream %s: answer does not match its "
@@ -2658,11 +2677,10 @@ upstream_on_handshake(struct upstream *u)
 
 	if (resumed)
 		u->n_resumed++;
-	log_msg(u->last_err != 0 ? LOG_INFO : LOG_DEBUG, "upstream %s: "
-	    "connected%s (%s%s%s%s)", u->label, u->last_err != 0 ? " again" :
-	    "", upstream_suite_name(sp->cipher_suite),
-	    resumed ? ", resumed" : "", alpn ? ", ALPN " : "",
-	    alpn ? alpn : "");
+	u->answered = 0;
+	log_debug("upstream %s: connected (%s%s%s%s)", u->label,
+	    upstream_suite_name(sp->cipher_suite), resumed ? ", resumed" : "",
+	    alpn ? ", ALPN " : "", alpn ? alpn : "");
 }
 
 /*
@@ -2697,7 +2715,6 @@ upstream_pump(struct upstream *u)
 		if ((st & BR_SSL_SENDAPP) &&
 		    u->state == UPSTREAM_HANDSHAKING) {
 			upstream_on_handshake(u);
-			u->last_err = 0;
 			g.none_usable = 0;
 			upstream_set_state(u, UPSTREAM_READY);
 		}
@@ -2845,8 +2862,10 @@ upstream_stalled(struct upstream *u)
 			return;
 		}
 	}
-	if (u->last_err != UPSTREAM_ERR_STALL)
+	if (u->last_err == 0)
 		log_warn("upstream %s: %s: reconnecting", u->label, what);
+	else
+		log_debug("upstream %s: %s: reconnecting", u->label, what);
 	u->last_err = UPSTREAM_ERR_STALL;
 	upstream_closed(u, "stalled connection closed");
 }
