@@ -53,6 +53,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -87,6 +88,9 @@
 #define MAX_UPSTREAMS		8	/* --upstream specs */
 #define MAX_ZONES		16	/* --forward-zone specs */
 #define MAX_ZONE_TCP		16	/* TCP retries to zone servers at once */
+#define MAX_ALLOW		32	/* --allow ranges */
+#define MAX_PINS		8	/* SPKI pins per upstream */
+#define PIN_LEAF_MAX_BYTES	8192	/* a pinned server's certificate */
 #define MAX_TCP_CLIENTS		128	/* concurrent TCP client connections */
 #define PENDING_SLOT_BITS	10
 #define MAX_PENDING		(1 << PENDING_SLOT_BITS) /* queries in flight */
@@ -132,6 +136,8 @@
 #define DRAIN_TIMEOUT_MS	5000	/* SIGTERM: finish queries in flight for
 					 * at most this long; --drain-timeout */
 #define CLIENT_IDLE_MS		10000	/* idle TCP client (RFC 7766 6.2.3) */
+#define CLIENT_FRAME_MS		5000	/* a started query must arrive whole
+					 * within this (slowloris) */
 #define BACKOFF_MIN_MS		500	/* after a failed connection ... */
 #define BACKOFF_MAX_MS		10000	/* ... doubling, capped (stubby#373);
 					 * --max-backoff */
@@ -206,6 +212,28 @@ struct dns_query_info {
 	uint16_t udp_limit;	/* largest UDP answer the client takes */
 };
 
+/*
+ * X.509 engine wrapper for SPKI pinning (RFC 7858 4.2): runs BearSSL's
+ * minimal engine and keeps the leaf certificate to hash its key. The
+ * vtable pointer MUST stay the first member (BearSSL passes &vtable).
+ */
+struct pin_x509 {
+	const br_x509_class *vtable;
+	struct upstream *u;
+	unsigned cert_index;
+	size_t leaf_len;
+	int leaf_overflow;
+	br_x509_decoder_context dc;	/* pin-only: the leaf's key */
+	unsigned char leaf[PIN_LEAF_MAX_BYTES];
+};
+
+/* An --allow range. */
+struct acl_range {
+	int family;
+	unsigned char addr[16];
+	unsigned prefix;
+};
+
 struct upstream {
 	enum upstream_state state;
 	int fd;
@@ -229,8 +257,12 @@ struct upstream {
 	unsigned char offered_sid[32];	/* session ID offered for resumption */
 	size_t offered_sid_len;
 	size_t rlen;			/* bytes of answer stream in rbuf */
+	unsigned char pins[MAX_PINS][32];	/* SHA-256 of SPKI DER */
+	size_t n_pins;
+	int pin_only;			/* pins replace the chain check */
 	br_ssl_client_context sc;
 	br_x509_minimal_context xc;
+	struct pin_x509 px;
 	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI]; /* full duplex: a send
 				 * never waits for an unread answer */
 	size_t in_off, in_len;		/* TLS bytes read, not yet fed */
@@ -277,6 +309,8 @@ struct client_conn {
 	unsigned gen;			/* bumped each time the slot is reused */
 	size_t inflight;
 	int64_t last_active_ms;
+	int64_t frame_start_ms;		/* first byte of an unfinished frame */
+	union sockaddr_u peer;		/* for --allow */
 	size_t in_len;
 	size_t out_off, out_len;
 	unsigned char *in;		/* g.client_in[slot] */
@@ -395,6 +429,10 @@ static struct proxy {
 	const unsigned char *zone_names[MAX_ZONES];	/* for dns_match_zone */
 	size_t zone_lens[MAX_ZONES];
 	struct zone_tcp ztcp[MAX_ZONE_TCP];
+	struct acl_range allow[MAX_ALLOW];
+	size_t n_allow;
+	unsigned long n_refused;
+	int clock_behind;		/* validating at the build time */
 	unsigned long n_udp_queries, n_tcp_queries, n_servfail;
 } g;
 
@@ -626,6 +664,28 @@ put16(unsigned char *p, unsigned v)
 	p[1] = (unsigned char)v;
 }
 
+/* Parses a decimal number in [min, max]. Returns 0 or -1. */
+static int
+util_parse_uint(const char *s, unsigned long min, unsigned long max,
+    unsigned long *out)
+{
+	unsigned long v = 0;
+
+	if (*s == '\0')
+		return -1;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		v = v * 10 + (unsigned long)(*s - '0');
+		if (v > max)
+			return -1;
+	}
+	if (v < min)
+		return -1;
+	*out = v;
+	return 0;
+}
+
 /* Fills buf with len bytes from the getrandom(2) system call: no files. */
 static int
 util_random(void *buf, size_t len)
@@ -747,6 +807,8 @@ util_br_error_name(int err, char *buf, size_t buflen)
 	for (i = 0; i < sizeof br_errors / sizeof br_errors[0]; i++)
 		if (br_errors[i].code == err)
 			return br_errors[i].name;
+	if (err == 250)		/* TRUST_ERR_PIN */
+		return "no pin matches the server's key";
 	util_fmt(buf, buflen, "BearSSL error %d", err);
 	return buf;
 }
@@ -762,6 +824,7 @@ util_br_error_name(int err, char *buf, size_t buflen)
 #define DNS_RCODE_FORMERR	1
 #define DNS_RCODE_SERVFAIL	2
 #define DNS_RCODE_NOTIMP	4
+#define DNS_RCODE_REFUSED	5
 #define DNS_DROP		(-1)	/* dns_parse_query: send nothing */
 #define DNS_FLAG_QR		0x80	/* byte 2 */
 #define DNS_FLAG_AA		0x04	/* byte 2 */
@@ -1459,6 +1522,356 @@ anchors_load_file(const char *path)
 		die("--ca-file '%s': no certificate found", path);
 	g.tas = tas;
 	g.n_tas = n_tas;
+}
+
+/* ==== trust: pins, the validation clock, who may ask ================== */
+/*
+ * Pure checks around TLS and clients: SPKI pins (RFC 7858 4.2, the
+ * sha256/BASE64 form of stubby and Knot Resolver), the time certificates
+ * are checked against, and the --allow ranges.
+ */
+
+#ifndef DOTPROXY_BUILD_EPOCH
+#define DOTPROXY_BUILD_EPOCH	0
+#endif
+#define TRUST_ERR_PIN		250	/* not a BearSSL code (those stop at 62) */
+#define TRUST_UNIX_DAYS		719528	/* 1970-01-01 in BearSSL's day count */
+
+/* Decodes standard base64 (with padding) into out. Returns the number of
+ * bytes, or -1. */
+static long
+trust_base64(const char *s, unsigned char *out, size_t cap)
+{
+	size_t n = 0, len = strlen(s), i;
+	uint32_t acc = 0;
+	int bits = 0, pad = 0;
+
+	if (len == 0 || len % 4 != 0)
+		return -1;
+	for (i = 0; i < len; i++) {
+		int c = (unsigned char)s[i], v;
+
+		if (c == '=' && i >= len - 2) {
+			pad++;
+			continue;
+		}
+		if (pad)
+			return -1;
+		v = c >= 'A' && c <= 'Z' ? c - 'A' : c >= 'a' && c <= 'z' ?
+		    c - 'a' + 26 : c >= '0' && c <= '9' ? c - '0' + 52 :
+		    c == '+' ? 62 : c == '/' ? 63 : -1;
+		if (v < 0)
+			return -1;
+		acc = acc << 6 | (uint32_t)v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			if (n == cap)
+				return -1;
+			out[n++] = (unsigned char)(acc >> bits);
+		}
+	}
+	return (long)n;
+}
+
+/* Parses "sha256/BASE64" (32 bytes) into pin. Returns 0 or -1. */
+static int
+trust_parse_pin(const char *s, unsigned char pin[32])
+{
+	return strncmp(s, "sha256/", 7) == 0 &&
+	    trust_base64(s + 7, pin, 32) == 32 ? 0 : -1;
+}
+
+/* Reads a DER tag and length at off. Returns the offset of the value, or
+ * 0 if it does not fit in len. */
+static size_t
+trust_der(const unsigned char *d, size_t len, size_t off, unsigned *tag,
+    size_t *vlen)
+{
+	size_t l;
+
+	if (off + 2 > len)
+		return 0;
+	*tag = d[off++];
+	l = d[off++];
+	if (l & 0x80) {
+		unsigned n = l & 0x7F;
+
+		if (n == 0 || n > 3 || off + n > len)
+			return 0;
+		for (l = 0; n > 0; n--)
+			l = l << 8 | d[off++];
+	}
+	if (l > len - off)
+		return 0;
+	*vlen = l;
+	return off;
+}
+
+/*
+ * Finds the SubjectPublicKeyInfo of a DER certificate (RFC 5280 4.1:
+ * TBSCertificate = [0] version?, serial, signature, issuer, validity,
+ * subject, subjectPublicKeyInfo). Returns 0 with its bounds, or -1.
+ */
+static int
+trust_find_spki(const unsigned char *c, size_t len, size_t *start,
+    size_t *slen)
+{
+	unsigned tag;
+	size_t vl, off, end, h;
+	int i;
+
+	off = trust_der(c, len, 0, &tag, &vl);
+	if (off == 0 || tag != 0x30)
+		return -1;
+	off = trust_der(c, len, off, &tag, &vl);
+	if (off == 0 || tag != 0x30)
+		return -1;
+	end = off + vl;
+	h = trust_der(c, end, off, &tag, &vl);
+	if (h != 0 && tag == 0xA0)
+		off = h + vl;		/* version */
+	for (i = 0; i < 5; i++) {	/* serial .. subject */
+		h = trust_der(c, end, off, &tag, &vl);
+		if (h == 0)
+			return -1;
+		off = h + vl;
+	}
+	h = trust_der(c, end, off, &tag, &vl);
+	if (h == 0 || tag != 0x30)
+		return -1;
+	*start = off;
+	*slen = h + vl - off;
+	return 0;
+}
+
+/* Returns 1 if the SHA-256 of a certificate's SPKI is one of the pins. */
+static int
+trust_pin_matches(const unsigned char *cert, size_t len,
+    const unsigned char (*pins)[32], size_t n_pins)
+{
+	br_sha256_context h;
+	unsigned char sum[32];
+	size_t s, l, i;
+
+	if (trust_find_spki(cert, len, &s, &l) < 0)
+		return 0;
+	br_sha256_init(&h);
+	br_sha256_update(&h, cert + s, l);
+	br_sha256_out(&h, sum);
+	for (i = 0; i < n_pins; i++)
+		if (memcmp(sum, pins[i], 32) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * The time to check certificates against. A router without a real-time
+ * clock boots in 1970 and would refuse every certificate, and so could
+ * not resolve the NTP server that sets the clock (stubby#274, #146).
+ * The binary cannot be older than its build, so a clock before the build
+ * time is wrong: the build time is used instead, which still refuses a
+ * certificate that expired before the build.
+ */
+static int64_t
+trust_validation_time(int64_t now, int64_t build, int *behind)
+{
+	*behind = now < build;
+	return now < build ? build : now;
+}
+
+/* Sets the validation time of an upstream's X.509 engine, logging when
+ * the system clock falls behind the build time and when it is set. */
+static void
+trust_set_time(br_x509_minimal_context *xc)
+{
+	int behind;
+	int64_t t = trust_validation_time((int64_t)time(NULL),
+	    DOTPROXY_BUILD_EPOCH, &behind);
+
+	if (behind && !g.clock_behind)
+		log_warn("system clock is before this binary's build time: "
+		    "checking certificates against the build time until the "
+		    "clock is set");
+	else if (!behind && g.clock_behind)
+		log_info("system clock set: checking certificates against it");
+	g.clock_behind = behind;
+	br_x509_minimal_set_time(xc, (uint32_t)(t / 86400 + TRUST_UNIX_DAYS),
+	    (uint32_t)(t % 86400));
+}
+
+static struct pin_x509 *
+trust_px(const br_x509_class *const *ctx)
+{
+	return (struct pin_x509 *)(void *)(uintptr_t)ctx;
+}
+
+static void
+trust_start_chain(const br_x509_class **ctx, const char *server_name)
+{
+	struct pin_x509 *px = trust_px(ctx);
+
+	px->cert_index = 0;
+	px->leaf_len = 0;
+	px->leaf_overflow = 0;
+	px->u->xc.vtable->start_chain(&px->u->xc.vtable, server_name);
+}
+
+static void
+trust_start_cert(const br_x509_class **ctx, uint32_t length)
+{
+	struct pin_x509 *px = trust_px(ctx);
+
+	px->u->xc.vtable->start_cert(&px->u->xc.vtable, length);
+}
+
+static void
+trust_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
+{
+	struct pin_x509 *px = trust_px(ctx);
+
+	px->u->xc.vtable->append(&px->u->xc.vtable, buf, len);
+	if (px->cert_index != 0)
+		return;
+	if (px->leaf_len + len > sizeof px->leaf) {
+		px->leaf_overflow = 1;
+		return;
+	}
+	memcpy(px->leaf + px->leaf_len, buf, len);
+	px->leaf_len += len;
+}
+
+static void
+trust_end_cert(const br_x509_class **ctx)
+{
+	struct pin_x509 *px = trust_px(ctx);
+
+	px->u->xc.vtable->end_cert(&px->u->xc.vtable);
+	px->cert_index++;
+}
+
+/*
+ * The chain ends: the chain check's verdict, then the pins (any one must
+ * match the leaf's key). With pin-only, the pins alone decide (a server
+ * with a self-signed certificate), and the leaf's key is decoded here.
+ */
+static unsigned
+trust_end_chain(const br_x509_class **ctx)
+{
+	struct pin_x509 *px = trust_px(ctx);
+	struct upstream *u = px->u;
+	unsigned err = u->xc.vtable->end_chain(&u->xc.vtable);
+
+	if (u->n_pins == 0)
+		return err;
+	if (err != 0 && !u->pin_only)
+		return err;
+	if (px->leaf_overflow || !trust_pin_matches(px->leaf, px->leaf_len,
+	    (const unsigned char (*)[32])u->pins, u->n_pins))
+		return TRUST_ERR_PIN;
+	if (u->pin_only) {
+		br_x509_decoder_init(&px->dc, 0, 0);
+		br_x509_decoder_push(&px->dc, px->leaf, px->leaf_len);
+		if (br_x509_decoder_get_pkey(&px->dc) == NULL)
+			return BR_ERR_X509_UNSUPPORTED;
+	}
+	return 0;
+}
+
+static const br_x509_pkey *
+trust_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
+{
+	struct pin_x509 *px = trust_px(ctx);
+
+	if (!px->u->pin_only)
+		return px->u->xc.vtable->get_pkey(&px->u->xc.vtable, usages);
+	if (usages != NULL)
+		*usages = BR_KEYTYPE_KEYX | BR_KEYTYPE_SIGN;
+	return br_x509_decoder_get_pkey(&px->dc);
+}
+
+static const br_x509_class trust_pin_vtable = {
+	sizeof(struct pin_x509),
+	trust_start_chain, trust_start_cert, trust_append, trust_end_cert,
+	trust_end_chain, trust_get_pkey,
+};
+
+/*
+ * Parses an --allow range, "IP/PREFIX" or "IP" (one address). Returns 0
+ * or -1.
+ */
+static int
+trust_parse_range(const char *s, struct acl_range *r)
+{
+	char ip[INET6_ADDRSTRLEN + 1];
+	const char *slash = strchr(s, '/');
+	size_t len = slash ? (size_t)(slash - s) : strlen(s);
+	unsigned long prefix;
+
+	if (len == 0 || len >= sizeof ip)
+		return -1;
+	memcpy(ip, s, len);
+	ip[len] = '\0';
+	memset(r, 0, sizeof *r);
+	if (inet_pton(AF_INET, ip, r->addr) == 1)
+		r->family = AF_INET;
+	else if (inet_pton(AF_INET6, ip, r->addr) == 1)
+		r->family = AF_INET6;
+	else
+		return -1;
+	prefix = r->family == AF_INET ? 32 : 128;
+	if (slash && util_parse_uint(slash + 1, 0, prefix, &prefix) < 0)
+		return -1;
+	r->prefix = (unsigned)prefix;
+	return 0;
+}
+
+/* Returns 1 if addr (4 or 16 bytes of family) is inside range r. */
+static int
+trust_in_range(const struct acl_range *r, int family, const unsigned char *a)
+{
+	unsigned full = r->prefix / 8, rest = r->prefix % 8;
+
+	if (r->family != family)
+		return 0;
+	if (memcmp(r->addr, a, full) != 0)
+		return 0;
+	return rest == 0 || ((r->addr[full] ^ a[full]) &
+	    (0xFF00u >> rest & 0xFF)) == 0;
+}
+
+/* Who may ask without --allow: loopback and the private ranges. */
+static const char *const trust_default_allow[] = {
+	"127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+	"100.64.0.0/10", "169.254.0.0/16", "::1/128", "fc00::/7",
+	"fe80::/10",
+};
+
+/* Returns 1 if a client may query (an IPv4-mapped IPv6 address counts as
+ * its IPv4 address). */
+static int
+trust_allowed(const union sockaddr_u *peer)
+{
+	static const unsigned char mapped[12] = {
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF,
+	};
+	const unsigned char *a;
+	int family = peer->sa.sa_family;
+	size_t i;
+
+	if (family == AF_INET6) {
+		a = peer->sin6.sin6_addr.s6_addr;
+		if (memcmp(a, mapped, 12) == 0) {
+			family = AF_INET;
+			a += 12;
+		}
+	} else {
+		a = (const unsigned char *)&peer->sin.sin_addr;
+	}
+	for (i = 0; i < g.n_allow; i++)
+		if (trust_in_range(&g.allow[i], family, a))
+			return 1;
+	return 0;
 }
 
 /* ==== pending: the pending-query table ================================ */
@@ -2227,7 +2640,9 @@ upstream_tls_init(struct upstream *u)
 	br_x509_minimal_set_rsa(&u->xc, &br_rsa_i31_pkcs1_vrfy);
 	br_x509_minimal_set_ecdsa(&u->xc, &upstream_ec,
 	    &br_ecdsa_i31_vrfy_asn1);
-	br_ssl_engine_set_x509(eng, &u->xc.vtable);
+	u->px.vtable = &trust_pin_vtable;
+	u->px.u = u;
+	br_ssl_engine_set_x509(eng, u->n_pins ? &u->px.vtable : &u->xc.vtable);
 	br_ssl_engine_set_buffer(eng, u->iobuf, sizeof u->iobuf, 1);
 	br_ssl_engine_set_protocol_names(eng, upstream_alpn, 1);
 	br_ssl_engine_add_flags(eng, BR_OPT_NO_RENEGOTIATION);
@@ -2459,7 +2874,8 @@ upstream_connect(struct upstream *u)
 	u->offered_sid_len = u->sc.eng.session.session_id_len;
 	memcpy(u->offered_sid, u->sc.eng.session.session_id,
 	    u->offered_sid_len);
-	if (!br_ssl_client_reset(&u->sc, u->name, 1)) {
+	trust_set_time(&u->xc);
+	if (!br_ssl_client_reset(&u->sc, u->name[0] ? u->name : NULL, 1)) {
 		char ebuf[64];
 
 		upstream_fail(u, br_ssl_engine_last_error(&u->sc.eng),
@@ -3005,7 +3421,9 @@ client_accept(int lfd)
 {
 	struct client_conn *c = NULL, *oldest = NULL;
 	size_t i;
-	int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	union sockaddr_u peer;
+	socklen_t peerlen = sizeof peer;
+	int fd = accept4(lfd, &peer.sa, &peerlen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 	if (fd < 0)
 		return;		/* EAGAIN, or the client already left */
@@ -3034,6 +3452,7 @@ client_accept(int lfd)
 		return;
 	}
 	c->fd = fd;
+	c->peer = peer;
 	c->state = CLIENT_READ_LEN;
 	c->inflight = 0;
 	c->in_len = 0;
@@ -3139,9 +3558,12 @@ client_on_readable(struct client_conn *c)
 			client_close(c);
 		return;
 	}
+	if (c->in_len == 0)
+		c->frame_start_ms = g.now_ms;
 	c->in_len += (size_t)n;
 	c->last_active_ms = g.now_ms;
 	from.kind = ORIGIN_TCP;
+	from.peer = c->peer;
 	from.slot = (int)(c - g.clients);
 	from.gen = c->gen;
 	while (c->in_len - off >= 2) {
@@ -3163,6 +3585,8 @@ client_on_readable(struct client_conn *c)
 	}
 	memmove(c->in, c->in + off, c->in_len - off);
 	c->in_len -= off;
+	if (off > 0 && c->in_len > 0)
+		c->frame_start_ms = g.now_ms;	/* the next frame began */
 	c->state = c->in_len >= 2 ? CLIENT_READ_MSG : CLIENT_READ_LEN;
 }
 
@@ -3198,13 +3622,20 @@ client_want(struct client_conn *c, fd_set *rd, fd_set *wr, int *maxfd)
 }
 
 /* Closes a connection idle for CLIENT_IDLE_MS, or one whose answers have
- * not been read for as long. Waiting for an upstream is not idleness:
- * the query timeout bounds that. */
+ * not been read for as long, or one that started a query and has not
+ * finished it within CLIENT_FRAME_MS (a slowloris trickles bytes to stay
+ * "active"). Waiting for an upstream is not idleness: the query timeout
+ * bounds that. */
 static void
 client_timers(struct client_conn *c)
 {
 	if (c->state == CLIENT_FREE)
 		return;
+	if (c->in_len > 0 && g.now_ms - c->frame_start_ms >= CLIENT_FRAME_MS) {
+		log_debug("TCP client too slow to send a query: closed");
+		client_close(c);
+		return;
+	}
 	if (g.now_ms - c->last_active_ms < CLIENT_IDLE_MS)
 		return;
 	if (c->inflight == 0 || c->out_len > c->out_off) {
@@ -3598,6 +4029,13 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 		query_reply_error(msg, &qi, from, rc);
 		return;
 	}
+	if (!trust_allowed(&from->peer)) {
+		/* Not an open resolver: REFUSED (RFC 8906 3.1.5), small and
+		 * no larger than the query. */
+		g.n_refused++;
+		query_reply_error(msg, &qi, from, DNS_RCODE_REFUSED);
+		return;
+	}
 	if (g.log_level >= LOG_DEBUG) {
 		char name[DNS_NAME_MAX_BYTES * 4 + 8];
 
@@ -3695,6 +4133,9 @@ loop_timeout_ms(void)
 		if (c->state != CLIENT_FREE &&
 		    c->last_active_ms + CLIENT_IDLE_MS < next)
 			next = c->last_active_ms + CLIENT_IDLE_MS;
+		if (c->state != CLIENT_FREE && c->in_len > 0 &&
+		    c->frame_start_ms + CLIENT_FRAME_MS < next)
+			next = c->frame_start_ms + CLIENT_FRAME_MS;
 	}
 	return next > g.now_ms ? next - g.now_ms : 0;
 }
@@ -3988,35 +4429,13 @@ static const char *const config_default_upstreams[] = {
 	"1.1.1.1", "1.0.0.1",
 };
 
-/* Parses a decimal number in [min, max]. Returns 0 or -1. */
-static int
-config_parse_uint(const char *s, unsigned long min, unsigned long max,
-    unsigned long *out)
-{
-	unsigned long v = 0;
-
-	if (*s == '\0')
-		return -1;
-	for (; *s; s++) {
-		if (*s < '0' || *s > '9')
-			return -1;
-		v = v * 10 + (unsigned long)(*s - '0');
-		if (v > max)
-			return -1;
-	}
-	if (v < min)
-		return -1;
-	*out = v;
-	return 0;
-}
-
 /* Parses a decimal port 1..65535. Returns 0 or -1. */
 static int
 config_parse_port(const char *s, uint16_t *port)
 {
 	unsigned long v;
 
-	if (config_parse_uint(s, 1, 65535, &v) < 0)
+	if (util_parse_uint(s, 1, 65535, &v) < 0)
 		return -1;
 	*port = (uint16_t)v;
 	return 0;
@@ -4029,7 +4448,7 @@ config_number(const char *opt, const char *s, unsigned long min,
 {
 	unsigned long v;
 
-	if (config_parse_uint(s, min, max, &v) < 0)
+	if (util_parse_uint(s, min, max, &v) < 0)
 		die("bad %s '%s' (want %s, %lu to %lu)", opt, s, unit, min,
 		    max);
 	return (unsigned)v;
@@ -4150,19 +4569,43 @@ config_known_name(const union sockaddr_u *a)
 
 /*
  * Parses an upstream spec, IP[@PORT][#AUTHNAME] (unbound's forward-addr
- * syntax), into u. Returns NULL, or what is wrong with it.
+ * syntax) with optional pins, ^sha256/BASE64 (repeatable; one must match
+ * the server's key, as well as the chain) and ^pin-only (the pins alone
+ * decide: a server with a self-signed certificate), into u. Returns NULL,
+ * or what is wrong with it.
  */
 static const char *
 config_parse_upstream(const char *spec, struct upstream *u)
 {
-	char buf[INET6_ADDRSTRLEN + 8 + AUTHNAME_MAX_BYTES + 2];
+	char buf[INET6_ADDRSTRLEN + 8 + AUTHNAME_MAX_BYTES + 2 +
+	    MAX_PINS * 52 + 16];
 	char addr[INET6_ADDRSTRLEN + 8];
 	const char *name = NULL;
-	char *hash;
+	char *hash, *pin;
 
 	if (strlen(spec) >= sizeof buf)
 		return "too long";
 	strcpy(buf, spec);
+	u->n_pins = 0;
+	u->pin_only = 0;
+	pin = strchr(buf, '^');
+	while (pin != NULL) {
+		char *next = strchr(pin + 1, '^');
+
+		*pin++ = '\0';
+		if (next != NULL)
+			*next = '\0';
+		if (strcmp(pin, "pin-only") == 0)
+			u->pin_only = 1;
+		else if (u->n_pins == MAX_PINS)
+			return "too many pins";
+		else if (trust_parse_pin(pin, u->pins[u->n_pins++]) < 0)
+			return "bad pin after '^' (want sha256/BASE64 of the "
+			    "key's SubjectPublicKeyInfo, 44 characters)";
+		pin = next;
+	}
+	if (u->pin_only && u->n_pins == 0)
+		return "pin-only needs a ^sha256/... pin";
 	hash = strchr(buf, '#');
 	if (hash != NULL) {
 		*hash = '\0';
@@ -4179,13 +4622,15 @@ config_parse_upstream(const char *spec, struct upstream *u)
 		    "not an IP address";
 	if (name == NULL)
 		name = config_known_name(&u->addr);
-	if (name == NULL)
+	if (name == NULL && !u->pin_only)
 		return "no authentication name for this resolver: add "
 		    "#AUTHNAME, the name in its certificate (e.g. "
 		    "192.0.2.1#dns.example.net)";
-	strcpy(u->name, name);
+	strcpy(u->name, name ? name : "");
 	util_format_addr(&u->addr, addr, sizeof addr);
-	util_fmt(u->label, sizeof u->label, "%s (%s)", addr, u->name);
+	util_fmt(u->label, sizeof u->label, "%s (%s%s)", addr,
+	    name ? u->name : "no name", u->pin_only ? ", pinned key only" :
+	    u->n_pins ? ", pinned" : "");
 	return NULL;
 }
 
@@ -4284,7 +4729,7 @@ config_parse_size(const char *s, size_t *out)
 		mult = 1024 * 1024;
 	if (mult != 1)
 		num[n - 1] = '\0';
-	if (config_parse_uint(num, 0, 1024UL * 1024 * 1024 / mult, &v) < 0)
+	if (util_parse_uint(num, 0, 1024UL * 1024 * 1024 / mult, &v) < 0)
 		return -1;
 	*out = v * mult;
 	return 0;
@@ -4400,10 +4845,12 @@ config_usage(int fd)
 "                         IPv4:PORT or [IPv6]:PORT; default 0.0.0.0@53 and\n"
 "                         ::@53\n"
 "  -u, --upstream SPEC    forward to SPEC (repeatable, in order of\n"
-"                         preference): IP[@PORT][#AUTHNAME], PORT 853 by\n"
-"                         default; AUTHNAME is the name the certificate\n"
-"                         must carry, known for public resolvers (1.1.1.1,\n"
-"                         8.8.8.8, 9.9.9.9, ...); default 1.1.1.1, 1.0.0.1\n"
+"                         preference): IP[@PORT][#AUTHNAME][^PIN]..., PORT\n"
+"                         853 by default; AUTHNAME is the name the\n"
+"                         certificate must carry, known for public\n"
+"                         resolvers (1.1.1.1, 8.8.8.8, 9.9.9.9, ...); PIN is\n"
+"                         sha256/BASE64 of the server's key, or pin-only to\n"
+"                         trust the pins alone; default 1.1.1.1, 1.0.0.1\n"
 "  -c, --ca-file FILE     trust the PEM roots in FILE instead of the\n"
 "                         compiled-in roots\n"
 "  -t, --timeout MS       answer SERVFAIL to a query not answered within MS\n"
@@ -4426,6 +4873,10 @@ config_usage(int fd)
 "                         server IP (repeatable; longest match wins)\n"
 "      --drain-timeout MS on SIGTERM, finish queries in flight for at most\n"
 "                         MS milliseconds (default %d)\n"
+"      --allow CIDR       answer clients in CIDR (repeatable); default:\n"
+"                         loopback and private ranges; others get REFUSED\n"
+"      --user UID[:GID]   run as UID:GID (numbers) once the ports are open\n"
+"      --chroot DIR       chroot to DIR once the ports are open\n"
 "  -v, --verbose          log every event, query names included\n"
 "  -q, --quiet            log warnings and errors only\n"
 "  -h, --help             show this help\n"
@@ -4502,6 +4953,71 @@ config_add_listener(const char *spec, int optional)
 		g.n_listeners++;
 }
 
+/* Adds an --allow range, or dies naming it. */
+static void
+config_add_allow(const char *spec)
+{
+	if (g.n_allow == MAX_ALLOW)
+		die("too many --allow ranges (at most %d): '%s'", MAX_ALLOW,
+		    spec);
+	if (trust_parse_range(spec, &g.allow[g.n_allow]) < 0)
+		die("bad --allow '%s' (want IP/PREFIX, e.g. 192.168.0.0/16 or "
+		    "::/0)", spec);
+	g.n_allow++;
+}
+
+/* Parses UID[:GID] (numbers: a scratch image has no /etc/passwd). */
+static int
+config_parse_user(const char *s, long *uid, long *gid)
+{
+	char buf[32];
+	char *colon;
+	unsigned long v;
+
+	if (strlen(s) >= sizeof buf)
+		return -1;
+	strcpy(buf, s);
+	colon = strchr(buf, ':');
+	if (colon != NULL)
+		*colon = '\0';
+	if (util_parse_uint(buf, 0, 0x7FFFFFFF, &v) < 0)
+		return -1;
+	*uid = (long)v;
+	if (colon == NULL) {
+		*gid = *uid;
+		return 0;
+	}
+	if (util_parse_uint(colon + 1, 0, 0x7FFFFFFF, &v) < 0)
+		return -1;
+	*gid = (long)v;
+	return 0;
+}
+
+/*
+ * After the sockets are bound: --chroot, then --user (supplementary
+ * groups cleared, group before user). Refuses to go on if any step fails
+ * or if root could be regained.
+ */
+static void
+config_drop_privileges(const char *dir, long uid, long gid)
+{
+	if (dir != NULL) {
+		if (chroot(dir) < 0 || chdir("/") < 0)
+			die("cannot chroot to '%s': %s", dir, strerror(errno));
+		log_info("chrooted to %s", dir);
+	}
+	if (uid < 0)
+		return;
+	if (setgroups(0, NULL) < 0 || setgid((gid_t)gid) < 0 ||
+	    setuid((uid_t)uid) < 0)
+		die("cannot drop privileges to %ld:%ld: %s", uid, gid,
+		    strerror(errno));
+	if (getuid() != (uid_t)uid || geteuid() != (uid_t)uid ||
+	    getgid() != (gid_t)gid || (uid != 0 && setuid(0) == 0))
+		die("privileges not dropped to %ld:%ld", uid, gid);
+	log_info("running as %ld:%ld", uid, gid);
+}
+
 /* ==== main ============================================================ */
 
 enum {				/* long options without a short form */
@@ -4511,6 +5027,9 @@ enum {				/* long options without a short form */
 	OPT_SERVE_STALE,
 	OPT_FORWARD_ZONE,
 	OPT_DRAIN_TIMEOUT,
+	OPT_ALLOW,
+	OPT_USER,
+	OPT_CHROOT,
 };
 
 #ifndef DOTPROXY_NO_MAIN
@@ -4531,6 +5050,9 @@ main(int argc, char **argv)
 		{ "serve-stale", required_argument, NULL, OPT_SERVE_STALE },
 		{ "forward-zone", required_argument, NULL, OPT_FORWARD_ZONE },
 		{ "drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT },
+		{ "allow", required_argument, NULL, OPT_ALLOW },
+		{ "user", required_argument, NULL, OPT_USER },
+		{ "chroot", required_argument, NULL, OPT_CHROOT },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -4542,6 +5064,8 @@ main(int argc, char **argv)
 	size_t n_listen = 0, i, cache_bytes = CACHE_DEFAULT_BYTES;
 	unsigned cache_min_ttl = CACHE_MIN_TTL_S;
 	unsigned cache_max_ttl = CACHE_MAX_TTL_S, serve_stale = 0;
+	const char *chroot_dir = NULL;
+	long uid = -1, gid = -1;
 	int opt;
 
 	g.log_level = LOG_INFO;
@@ -4584,7 +5108,7 @@ main(int argc, char **argv)
 		case 'P': {
 			unsigned long v;
 
-			if (config_parse_uint(optarg, 0, PAD_BLOCK_MAX_BYTES,
+			if (util_parse_uint(optarg, 0, PAD_BLOCK_MAX_BYTES,
 			    &v) < 0 || (v != 0 && v < 16))
 				die("bad --padding '%s' (want 0 for none, or a "
 				    "block size from 16 to %d bytes)", optarg,
@@ -4625,6 +5149,17 @@ main(int argc, char **argv)
 			g.n_zones++;
 			break;
 		}
+		case OPT_ALLOW:
+			config_add_allow(optarg);
+			break;
+		case OPT_USER:
+			if (config_parse_user(optarg, &uid, &gid) < 0)
+				die("bad --user '%s' (want UID or UID:GID, "
+				    "numbers)", optarg);
+			break;
+		case OPT_CHROOT:
+			chroot_dir = optarg;
+			break;
 		case OPT_DRAIN_TIMEOUT:
 			g.drain_ms = config_number("--drain-timeout", optarg, 0,
 			    600000, "milliseconds");
@@ -4700,6 +5235,11 @@ main(int argc, char **argv)
 	}
 	for (i = 0; i < n_listen; i++)
 		config_add_listener(listen_specs[i], 0);
+	if (g.n_allow == 0)
+		for (i = 0; i < sizeof trust_default_allow /
+		    sizeof trust_default_allow[0]; i++)
+			config_add_allow(trust_default_allow[i]);
+	config_drop_privileges(chroot_dir, uid, gid);
 	log_info("ready: %zu listener%s, %zu upstream%s (first: %s), "
 	    "%zu trust anchor%s", g.n_listeners, g.n_listeners == 1 ? "" : "s",
 	    g.n_upstreams, g.n_upstreams == 1 ? "" : "s",

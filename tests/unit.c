@@ -821,6 +821,157 @@ test_cache(void)
 	CHECK(cache_lookup("a.example", 0) < 0);
 }
 
+/* A self-signed P-256 certificate (CN=unit.test, DER) and the pin of its
+ * key, from: openssl x509 -pubkey | openssl pkey -pubin -outform der |
+ * openssl dgst -sha256 -binary | base64 */
+static const unsigned char unit_cert[] = {
+  0x30, 0x82, 0x01, 0x7e, 0x30, 0x82, 0x01, 0x23, 0xa0, 0x03, 0x02, 0x01,
+  0x02, 0x02, 0x14, 0x39, 0x91, 0x30, 0x1e, 0xee, 0x19, 0xd3, 0xd1, 0x86,
+  0x62, 0x60, 0xbc, 0x2b, 0x17, 0xca, 0xaf, 0x47, 0xb2, 0x77, 0xde, 0x30,
+  0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02, 0x30,
+  0x14, 0x31, 0x12, 0x30, 0x10, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x09,
+  0x75, 0x6e, 0x69, 0x74, 0x2e, 0x74, 0x65, 0x73, 0x74, 0x30, 0x1e, 0x17,
+  0x0d, 0x32, 0x36, 0x31, 0x31, 0x32, 0x36, 0x30, 0x33, 0x32, 0x32, 0x30,
+  0x31, 0x5a, 0x17, 0x0d, 0x33, 0x36, 0x31, 0x31, 0x32, 0x33, 0x30, 0x33,
+  0x32, 0x32, 0x30, 0x31, 0x5a, 0x30, 0x14, 0x31, 0x12, 0x30, 0x10, 0x06,
+  0x03, 0x55, 0x04, 0x03, 0x0c, 0x09, 0x75, 0x6e, 0x69, 0x74, 0x2e, 0x74,
+  0x65, 0x73, 0x74, 0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48,
+  0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03,
+  0x01, 0x07, 0x03, 0x42, 0x00, 0x04, 0x11, 0xbb, 0x03, 0x0c, 0xad, 0x61,
+  0x79, 0x4b, 0x23, 0x32, 0x44, 0x81, 0x5c, 0xdc, 0x75, 0x63, 0xfd, 0x48,
+  0x96, 0xd3, 0xbb, 0x18, 0xe7, 0x1c, 0xf3, 0x11, 0x98, 0xbd, 0x0c, 0x14,
+  0xdb, 0xa6, 0x95, 0xdb, 0xfc, 0x1d, 0x6e, 0x0c, 0x5e, 0xf2, 0xcb, 0xa8,
+  0x9b, 0xb8, 0x3f, 0x84, 0x91, 0x2d, 0x9a, 0x21, 0x03, 0xa6, 0xb2, 0xe0,
+  0x8e, 0xc2, 0x7a, 0x7f, 0x38, 0xc2, 0x5c, 0x6a, 0x06, 0x3f, 0xa3, 0x53,
+  0x30, 0x51, 0x30, 0x1d, 0x06, 0x03, 0x55, 0x1d, 0x0e, 0x04, 0x16, 0x04,
+  0x14, 0x9c, 0x06, 0xa9, 0xfc, 0x75, 0xfe, 0x99, 0x6e, 0x22, 0x0b, 0xc8,
+  0x38, 0x13, 0xb7, 0xac, 0x31, 0xc7, 0xb3, 0xa7, 0x0f, 0x30, 0x1f, 0x06,
+  0x03, 0x55, 0x1d, 0x23, 0x04, 0x18, 0x30, 0x16, 0x80, 0x14, 0x9c, 0x06,
+  0xa9, 0xfc, 0x75, 0xfe, 0x99, 0x6e, 0x22, 0x0b, 0xc8, 0x38, 0x13, 0xb7,
+  0xac, 0x31, 0xc7, 0xb3, 0xa7, 0x0f, 0x30, 0x0f, 0x06, 0x03, 0x55, 0x1d,
+  0x13, 0x01, 0x01, 0xff, 0x04, 0x05, 0x30, 0x03, 0x01, 0x01, 0xff, 0x30,
+  0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02, 0x03,
+  0x49, 0x00, 0x30, 0x46, 0x02, 0x21, 0x00, 0x95, 0x07, 0x64, 0x2a, 0xd7,
+  0x86, 0xc2, 0x23, 0xb1, 0x76, 0xe6, 0xad, 0x0e, 0xf1, 0x68, 0xb9, 0x94,
+  0x06, 0xe2, 0x52, 0x4a, 0x04, 0x69, 0xf0, 0xee, 0x52, 0x33, 0x72, 0x3b,
+  0x68, 0x7c, 0x99, 0x02, 0x21, 0x00, 0xdc, 0xcd, 0xb7, 0xa2, 0x7c, 0x4d,
+  0x26, 0xf8, 0x92, 0x2e, 0xd1, 0x54, 0x64, 0xc3, 0xc0, 0x34, 0xa5, 0xb8,
+  0xef, 0xdb, 0x0a, 0x4b, 0x83, 0x62, 0xa2, 0x46, 0x8d, 0x41, 0x09, 0xd8,
+  0xff, 0x51
+};
+static const char unit_pin[] =
+    "sha256/UJFrnOrWBhO36YtZSgi5O5yEww+T1PKCS2dpogJFGvk=";
+
+static void
+test_trust(void)
+{
+	unsigned char pin[32], other[2][32], buf[64];
+	struct acl_range r;
+	size_t s, l;
+	int behind;
+
+	/* base64 and pins */
+	CHECK(trust_base64("aGVsbG8=", buf, sizeof buf) == 5 &&
+	    memcmp(buf, "hello", 5) == 0);
+	CHECK(trust_base64("aGVsbG8", buf, sizeof buf) < 0);
+	CHECK(trust_base64("aGVs*G8=", buf, sizeof buf) < 0);
+	CHECK(trust_base64("aGVsbG8=", buf, 4) < 0);
+	CHECK(trust_parse_pin(unit_pin, pin) == 0);
+	CHECK(trust_parse_pin("sha1/UJFrnOrWBhO36YtZSgi5O5yEww+T1PKCS2dpogJFGvk=",
+	    pin) < 0);
+	CHECK(trust_parse_pin("sha256/aGVsbG8=", pin) < 0);	/* 5 bytes */
+	CHECK(trust_parse_pin(unit_pin, pin) == 0);
+	/* the SPKI is found, and its hash is the pin openssl computed */
+	CHECK(trust_find_spki(unit_cert, sizeof unit_cert, &s, &l) == 0);
+	CHECK(l == 91);		/* P-256 SubjectPublicKeyInfo */
+	CHECK(trust_pin_matches(unit_cert, sizeof unit_cert,
+	    (const unsigned char (*)[32])pin, 1));
+	memset(other, 0x5A, sizeof other);
+	CHECK(!trust_pin_matches(unit_cert, sizeof unit_cert,
+	    (const unsigned char (*)[32])other, 2));
+	memcpy(other[1], pin, 32);
+	CHECK(trust_pin_matches(unit_cert, sizeof unit_cert,
+	    (const unsigned char (*)[32])other, 2));	/* any one */
+	CHECK(trust_find_spki(unit_cert, 100, &s, &l) < 0);	/* cut */
+	CHECK(!trust_pin_matches(unit_cert, 200,
+	    (const unsigned char (*)[32])pin, 1));
+
+	/* the clock rule: never before the build time */
+	CHECK(trust_validation_time(1000, 2000, &behind) == 2000 && behind);
+	CHECK(trust_validation_time(3000, 2000, &behind) == 3000 && !behind);
+	CHECK(trust_validation_time(2000, 2000, &behind) == 2000 && !behind);
+	CHECK(trust_validation_time(0, 0, &behind) == 0 && !behind);
+
+	/* --allow ranges */
+	CHECK(trust_parse_range("192.168.0.0/16", &r) == 0 && r.prefix == 16);
+	CHECK(trust_in_range(&r, AF_INET, (const unsigned char *)"\300\250\1\2"));
+	CHECK(!trust_in_range(&r, AF_INET, (const unsigned char *)"\300\251\1\2"));
+	CHECK(trust_parse_range("172.16.0.0/12", &r) == 0);
+	CHECK(trust_in_range(&r, AF_INET, (const unsigned char *)"\254\37\1\1"));
+	CHECK(!trust_in_range(&r, AF_INET, (const unsigned char *)"\254\40\1\1"));
+	CHECK(trust_parse_range("10.1.2.3", &r) == 0 && r.prefix == 32);
+	CHECK(trust_parse_range("::/0", &r) == 0 && r.prefix == 0);
+	CHECK(trust_in_range(&r, AF_INET6, (const unsigned char *)
+	    "\40\1\15\270\0\0\0\0\0\0\0\0\0\0\0\1"));
+	CHECK(!trust_in_range(&r, AF_INET, (const unsigned char *)"\1\2\3\4"));
+	CHECK(trust_parse_range("10.0.0.0/33", &r) < 0);
+	CHECK(trust_parse_range("fe80::/129", &r) < 0);
+	CHECK(trust_parse_range("10.0.0.0/", &r) < 0);
+	CHECK(trust_parse_range("example/8", &r) < 0);
+	{
+		union sockaddr_u a;
+		socklen_t len;
+		size_t i;
+
+		g.n_allow = 0;
+		for (i = 0; i < sizeof trust_default_allow /
+		    sizeof trust_default_allow[0]; i++)
+			CHECK(trust_parse_range(trust_default_allow[i],
+			    &g.allow[g.n_allow++]) == 0);
+		CHECK(config_parse_addr("127.0.0.1", 53, &a, &len) == 0 &&
+		    trust_allowed(&a));
+		CHECK(config_parse_addr("192.168.1.7", 53, &a, &len) == 0 &&
+		    trust_allowed(&a));
+		CHECK(config_parse_addr("100.100.1.1", 53, &a, &len) == 0 &&
+		    trust_allowed(&a));
+		CHECK(config_parse_addr("8.8.8.8", 53, &a, &len) == 0 &&
+		    !trust_allowed(&a));
+		CHECK(config_parse_addr("::1", 53, &a, &len) == 0 &&
+		    trust_allowed(&a));
+		CHECK(config_parse_addr("fd12::5", 53, &a, &len) == 0 &&
+		    trust_allowed(&a));
+		CHECK(config_parse_addr("2001:db8::1", 53, &a, &len) == 0 &&
+		    !trust_allowed(&a));
+		CHECK(config_parse_addr("::ffff:10.1.1.1", 53, &a, &len) == 0 &&
+		    trust_allowed(&a));
+		CHECK(config_parse_addr("::ffff:1.1.1.1", 53, &a, &len) == 0 &&
+		    !trust_allowed(&a));
+		g.n_allow = 0;
+	}
+	{
+		struct upstream u;
+		long uid, gid;
+
+		memset(&u, 0, sizeof u);
+		CHECK(config_parse_upstream("127.0.0.1@853#dns.test^sha256/"
+		    "UJFrnOrWBhO36YtZSgi5O5yEww+T1PKCS2dpogJFGvk=", &u) == NULL);
+		CHECK(u.n_pins == 1 && !u.pin_only &&
+		    memcmp(u.pins[0], pin, 32) == 0);
+		CHECK(config_parse_upstream("192.0.2.9^sha256/UJFrnOrWBhO36YtZ"
+		    "Sgi5O5yEww+T1PKCS2dpogJFGvk=^pin-only", &u) == NULL);
+		CHECK(u.pin_only && u.name[0] == '\0');
+		CHECK(config_parse_upstream("192.0.2.9^pin-only", &u) != NULL);
+		CHECK(config_parse_upstream("192.0.2.9#x^sha256/zz", &u) != NULL);
+		CHECK(config_parse_user("65534", &uid, &gid) == 0 &&
+		    uid == 65534 && gid == 65534);
+		CHECK(config_parse_user("100:200", &uid, &gid) == 0 &&
+		    uid == 100 && gid == 200);
+		CHECK(config_parse_user("nobody", &uid, &gid) < 0);
+		CHECK(config_parse_user("1:", &uid, &gid) < 0);
+		CHECK(config_parse_user("-1", &uid, &gid) < 0);
+	}
+}
+
 int
 main(void)
 {
@@ -836,6 +987,7 @@ main(void)
 	test_cache_ttl();
 	test_zones();
 	test_cache();
+	test_trust();
 	printf("%d passed, %d failed\n", n_pass, n_fail);
 	return n_fail != 0;
 }
