@@ -2421,6 +2421,22 @@ zone_on_answer(size_t zi, unsigned char *m, size_t len, int over_tcp)
 	query_deliver(slot, m, len);
 }
 
+/* The zone server refused (ICMP port unreachable): its queries waiting
+ * on UDP get SERVFAIL now rather than at their deadline. */
+static void
+zone_fail_all(size_t zi)
+{
+	int slot;
+
+	for (slot = 0; slot < MAX_PENDING; slot++) {
+		struct pending_query *p = &g.pending[slot];
+
+		if (p->state == PENDING_SENT && p->upstream == zone_route(zi) &&
+		    p->ztcp < 0)
+			query_fail(slot, DNS_RCODE_SERVFAIL);
+	}
+}
+
 /* Reads the zone socket's datagrams (a batch at most). */
 static void
 zone_on_readable(size_t zi)
@@ -2435,9 +2451,11 @@ zone_on_readable(size_t zi)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno != EAGAIN && errno != EWOULDBLOCK)
-				zone_error(&g.zones[zi], "receive failed",
-				    errno);
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;
+			zone_error(&g.zones[zi], "receive failed", errno);
+			if (errno == ECONNREFUSED)
+				zone_fail_all(zi);
 			return;
 		}
 		zone_on_answer(zi, buf, (size_t)n, 0);
@@ -3920,6 +3938,10 @@ query_deliver(int slot, unsigned char *msg, size_t len)
 	len = dns_answer_for_client(msg, len, p->query, p->qend, p->client_id,
 	    p->has_opt, p->udp_limit);
 	if (len == 0) {
+		if (ratelimit_ok(&g.rl_mismatch))
+			log_warn("%s answer is malformed: client gets "
+			    "SERVFAIL", p->upstream >= MAX_UPSTREAMS ?
+			    "a forward zone's" : "an upstream's");
 		query_fail(slot, DNS_RCODE_SERVFAIL);
 		return;
 	}
@@ -4112,8 +4134,13 @@ loop_expire(void)
 	while (g.age_head >= 0 &&
 	    g.pending[g.age_head].deadline_ms <= g.now_ms) {
 		int slot = g.age_head;
+		unsigned route = g.pending[slot].upstream;
 
 		log_debug("query timed out: SERVFAIL");
+		if (route >= MAX_UPSTREAMS && g.pending[slot].state ==
+		    PENDING_SENT)
+			zone_error(&g.zones[route - MAX_UPSTREAMS],
+			    "no answer in time", ETIMEDOUT);
 		upstream_detach(slot);
 		query_fail(slot, DNS_RCODE_SERVFAIL);
 	}
