@@ -5056,7 +5056,15 @@ config_drop_privileges(const char *dir, long uid, long gid)
 	log_info("running as %ld:%ld", uid, gid);
 }
 
-/* ==== main ============================================================ */
+/* Start-up choices that live only until the loop starts. */
+struct start_opts {
+	const char *listen_specs[MAX_LISTENERS];
+	size_t n_listen;
+	const char *ca_file, *chroot_dir;
+	size_t cache_bytes;
+	unsigned cache_min_ttl, cache_max_ttl, serve_stale;
+	long uid, gid;			/* -1: keep */
+};
 
 enum {				/* long options without a short form */
 	OPT_CACHE_SIZE = 256,
@@ -5070,9 +5078,115 @@ enum {				/* long options without a short form */
 	OPT_CHROOT,
 };
 
-#ifndef DOTPROXY_NO_MAIN
-int
-main(int argc, char **argv)
+static void
+config_defaults(struct start_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->cache_bytes = CACHE_DEFAULT_BYTES;
+	o->cache_min_ttl = CACHE_MIN_TTL_S;
+	o->cache_max_ttl = CACHE_MAX_TTL_S;
+	o->uid = o->gid = -1;
+	g.log_level = LOG_INFO;
+	g.query_timeout_ms = QUERY_TIMEOUT_MS;
+	g.idle_timeout_ms = UPSTREAM_IDLE_MS;
+	g.max_backoff_ms = BACKOFF_MAX_MS;
+	g.pad_block = PAD_BLOCK_BYTES;
+	g.drain_ms = DRAIN_TIMEOUT_MS;
+	g.tas = TAs;
+	g.n_tas = TAs_NUM;
+	g.now_ms = time_now_ms();
+}
+
+/* Takes one option that has a value (dies naming a bad one). */
+static void
+config_option(struct start_opts *o, int opt, const char *arg)
+{
+	unsigned long v;
+	const char *why;
+
+	switch (opt) {
+	case 'l':
+		if (o->n_listen == MAX_LISTENERS)
+			die("too many listen addresses (at most %d): '%s'",
+			    MAX_LISTENERS, arg);
+		o->listen_specs[o->n_listen++] = arg;
+		break;
+	case 'u':
+		config_add_upstream(arg, "");
+		break;
+	case 'c':
+		o->ca_file = arg;
+		break;
+	case 't':
+		g.query_timeout_ms = config_number("--timeout", arg, 100, 60000,
+		    "milliseconds");
+		break;
+	case 'I':
+		g.idle_timeout_ms = config_number("--idle-timeout", arg, 100,
+		    3600000, "milliseconds");
+		break;
+	case 'B':
+		g.max_backoff_ms = config_number("--max-backoff", arg,
+		    BACKOFF_MIN_MS, 3600000, "milliseconds");
+		break;
+	case 'P':
+		if (util_parse_uint(arg, 0, PAD_BLOCK_MAX_BYTES, &v) < 0 ||
+		    (v != 0 && v < 16))
+			die("bad --padding '%s' (want 0 for none, or a block "
+			    "size from 16 to %d bytes)", arg,
+			    PAD_BLOCK_MAX_BYTES);
+		g.pad_block = (unsigned)v;
+		break;
+	case OPT_CACHE_SIZE:
+		if (config_parse_size(arg, &o->cache_bytes) < 0 ||
+		    (o->cache_bytes != 0 && o->cache_bytes < 4096))
+			die("bad --cache-size '%s' (want bytes, with k or m for "
+			    "KiB or MiB, from 4k to 1024m; 0 for no cache)",
+			    arg);
+		break;
+	case OPT_CACHE_MIN_TTL:
+		o->cache_min_ttl = config_number("--cache-min-ttl", arg, 0,
+		    86400, "seconds");
+		break;
+	case OPT_CACHE_MAX_TTL:
+		o->cache_max_ttl = config_number("--cache-max-ttl", arg, 1,
+		    7 * 86400, "seconds");
+		break;
+	case OPT_SERVE_STALE:
+		o->serve_stale = config_number("--serve-stale", arg, 0,
+		    7 * 86400, "seconds");
+		break;
+	case OPT_FORWARD_ZONE:
+		if (g.n_zones == MAX_ZONES)
+			die("too many forward zones (at most %d): '%s'",
+			    MAX_ZONES, arg);
+		why = config_parse_zone(arg, &g.zones[g.n_zones]);
+		if (why != NULL)
+			die("bad --forward-zone '%s': %s", arg, why);
+		g.n_zones++;
+		break;
+	case OPT_DRAIN_TIMEOUT:
+		g.drain_ms = config_number("--drain-timeout", arg, 0, 600000,
+		    "milliseconds");
+		break;
+	case OPT_ALLOW:
+		config_add_allow(arg);
+		break;
+	case OPT_USER:
+		if (config_parse_user(arg, &o->uid, &o->gid) < 0)
+			die("bad --user '%s' (want UID or UID:GID, numbers)",
+			    arg);
+		break;
+	case OPT_CHROOT:
+		o->chroot_dir = arg;
+		break;
+	}
+}
+
+/* Parses the command line; --help and --version exit here (status 0),
+ * usage errors too (status 2). */
+static void
+config_parse_args(int argc, char **argv, struct start_opts *o)
 {
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -5097,111 +5211,17 @@ main(int argc, char **argv)
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *listen_specs[MAX_LISTENERS];
-	const char *ca_file = NULL, *env;
-	size_t n_listen = 0, i, cache_bytes = CACHE_DEFAULT_BYTES;
-	unsigned cache_min_ttl = CACHE_MIN_TTL_S;
-	unsigned cache_max_ttl = CACHE_MAX_TTL_S, serve_stale = 0;
-	const char *chroot_dir = NULL;
-	long uid = -1, gid = -1;
+	static const char version[] = "dotproxy " DOTPROXY_VERSION
+	    " (BearSSL 0.6, TLS 1.2)\n";
 	int opt;
 
-	g.log_level = LOG_INFO;
-	g.query_timeout_ms = QUERY_TIMEOUT_MS;
-	g.idle_timeout_ms = UPSTREAM_IDLE_MS;
-	g.max_backoff_ms = BACKOFF_MAX_MS;
-	g.pad_block = PAD_BLOCK_BYTES;
-	g.drain_ms = DRAIN_TIMEOUT_MS;
-	g.tas = TAs;
-	g.n_tas = TAs_NUM;
-	g.now_ms = time_now_ms();
 	opterr = 0;
 	while ((opt = getopt_long(argc, argv, ":l:u:c:t:vqhV", opts,
 	    NULL)) != -1) {
+		const char *last = argv[optind - 1 < argc ? optind - 1 :
+		    argc - 1];
+
 		switch (opt) {
-		case 'l':
-			if (n_listen == MAX_LISTENERS)
-				die("too many listen addresses (at most %d): "
-				    "'%s'", MAX_LISTENERS, optarg);
-			listen_specs[n_listen++] = optarg;
-			break;
-		case 'u':
-			config_add_upstream(optarg, "");
-			break;
-		case 'c':
-			ca_file = optarg;
-			break;
-		case 't':
-			g.query_timeout_ms = config_number("--timeout", optarg,
-			    100, 60000, "milliseconds");
-			break;
-		case 'I':
-			g.idle_timeout_ms = config_number("--idle-timeout",
-			    optarg, 100, 3600000, "milliseconds");
-			break;
-		case 'B':
-			g.max_backoff_ms = config_number("--max-backoff",
-			    optarg, BACKOFF_MIN_MS, 3600000, "milliseconds");
-			break;
-		case 'P': {
-			unsigned long v;
-
-			if (util_parse_uint(optarg, 0, PAD_BLOCK_MAX_BYTES,
-			    &v) < 0 || (v != 0 && v < 16))
-				die("bad --padding '%s' (want 0 for none, or a "
-				    "block size from 16 to %d bytes)", optarg,
-				    PAD_BLOCK_MAX_BYTES);
-			g.pad_block = (unsigned)v;
-			break;
-		}
-		case OPT_CACHE_SIZE:
-			if (config_parse_size(optarg, &cache_bytes) < 0)
-				die("bad --cache-size '%s' (want bytes, with k or "
-				    "m for KiB or MiB, up to 1024m; 0 for no "
-				    "cache)", optarg);
-			if (cache_bytes != 0 && cache_bytes < 4096)
-				die("bad --cache-size '%s' (want 0 for no cache, "
-				    "or at least 4k)", optarg);
-			break;
-		case OPT_CACHE_MIN_TTL:
-			cache_min_ttl = config_number("--cache-min-ttl", optarg,
-			    0, 86400, "seconds");
-			break;
-		case OPT_CACHE_MAX_TTL:
-			cache_max_ttl = config_number("--cache-max-ttl", optarg,
-			    1, 7 * 86400, "seconds");
-			break;
-		case OPT_SERVE_STALE:
-			serve_stale = config_number("--serve-stale", optarg, 0,
-			    7 * 86400, "seconds");
-			break;
-		case OPT_FORWARD_ZONE: {
-			const char *why;
-
-			if (g.n_zones == MAX_ZONES)
-				die("too many forward zones (at most %d): '%s'",
-				    MAX_ZONES, optarg);
-			why = config_parse_zone(optarg, &g.zones[g.n_zones]);
-			if (why != NULL)
-				die("bad --forward-zone '%s': %s", optarg, why);
-			g.n_zones++;
-			break;
-		}
-		case OPT_ALLOW:
-			config_add_allow(optarg);
-			break;
-		case OPT_USER:
-			if (config_parse_user(optarg, &uid, &gid) < 0)
-				die("bad --user '%s' (want UID or UID:GID, "
-				    "numbers)", optarg);
-			break;
-		case OPT_CHROOT:
-			chroot_dir = optarg;
-			break;
-		case OPT_DRAIN_TIMEOUT:
-			g.drain_ms = config_number("--drain-timeout", optarg, 0,
-			    600000, "milliseconds");
-			break;
 		case 'v':
 			g.log_level = LOG_DEBUG;
 			break;
@@ -5210,23 +5230,35 @@ main(int argc, char **argv)
 			break;
 		case 'h':
 			config_usage(1);
-			return 0;
+			exit(0);
 		case 'V':
-			util_write(1, "dotproxy " DOTPROXY_VERSION
-			    " (BearSSL 0.6, TLS 1.2)\n", sizeof("dotproxy "
-			    DOTPROXY_VERSION " (BearSSL 0.6, TLS 1.2)\n") - 1);
-			return 0;
+			util_write(1, version, sizeof version - 1);
+			exit(0);
 		case ':':
-			config_usage_error("this option needs a value:",
-			    argv[optind - 1 < argc ? optind - 1 : argc - 1]);
+			config_usage_error("this option needs a value:", last);
+			break;
+		case '?':
+			config_usage_error("unknown option", last);
 			break;
 		default:
-			config_usage_error("unknown option",
-			    argv[optind - 1 < argc ? optind - 1 : argc - 1]);
+			config_option(o, opt, optarg);
 		}
 	}
 	if (optind < argc)
 		config_usage_error("unexpected argument", argv[optind]);
+}
+
+/*
+ * Everything between the options and the loop: upstreams (DOT_SERVER,
+ * else Cloudflare), cache, zones, anchors, TLS contexts, tables, signals,
+ * listeners, access list, and last the privilege drop.
+ */
+static void
+config_start(const struct start_opts *o)
+{
+	const char *env;
+	size_t i;
+
 	if (g.n_upstreams == 0) {
 		env = getenv("DOT_SERVER");
 		if (env != NULL)
@@ -5237,15 +5269,15 @@ main(int argc, char **argv)
 				config_add_upstream(
 				    config_default_upstreams[i], "");
 	}
-	if (cache_min_ttl > cache_max_ttl)
+	if (o->cache_min_ttl > o->cache_max_ttl)
 		die("--cache-min-ttl %u is above --cache-max-ttl %u",
-		    cache_min_ttl, cache_max_ttl);
-	cache_init(cache_bytes);
-	g.cache.min_ttl_s = cache_min_ttl;
-	g.cache.max_ttl_s = cache_max_ttl;
-	g.cache.stale_s = serve_stale;
-	if (serve_stale != 0 && cache_bytes == 0)
+		    o->cache_min_ttl, o->cache_max_ttl);
+	if (o->serve_stale != 0 && o->cache_bytes == 0)
 		die("--serve-stale needs a cache (--cache-size is 0)");
+	cache_init(o->cache_bytes);
+	g.cache.min_ttl_s = o->cache_min_ttl;
+	g.cache.max_ttl_s = o->cache_max_ttl;
+	g.cache.stale_s = o->serve_stale;
 	for (i = 0; i < g.n_zones; i++) {
 		config_open_zone(&g.zones[i]);
 		g.zone_names[i] = g.zones[i].name;
@@ -5256,8 +5288,8 @@ main(int argc, char **argv)
 		g.ztcp[i].slot = -1;
 		g.ztcp[i].buf = g.ztcp_bufs[i];
 	}
-	if (ca_file != NULL)
-		anchors_load_file(ca_file);
+	if (o->ca_file != NULL)
+		anchors_load_file(o->ca_file);
 	for (i = 0; i < g.n_upstreams; i++)
 		upstream_tls_init(&g.upstreams[i]);
 	pending_init();
@@ -5267,22 +5299,25 @@ main(int argc, char **argv)
 		g.clients[i].out = g.client_out[i];
 	}
 	config_signals();
-	if (n_listen == 0) {
+	if (o->n_listen == 0) {
 		config_add_listener("0.0.0.0@53", 0);
 		config_add_listener("::@53", 1);
 	}
-	for (i = 0; i < n_listen; i++)
-		config_add_listener(listen_specs[i], 0);
+	for (i = 0; i < o->n_listen; i++)
+		config_add_listener(o->listen_specs[i], 0);
 	if (g.n_allow == 0)
 		for (i = 0; i < sizeof trust_default_allow /
 		    sizeof trust_default_allow[0]; i++)
 			config_add_allow(trust_default_allow[i]);
-	config_drop_privileges(chroot_dir, uid, gid);
-	log_info("ready: %zu listener%s, %zu upstream%s (first: %s), "
-	    "%zu trust anchor%s", g.n_listeners, g.n_listeners == 1 ? "" : "s",
-	    g.n_upstreams, g.n_upstreams == 1 ? "" : "s",
-	    g.upstreams[0].label, g.n_tas, g.n_tas == 1 ? "" : "s");
-	loop_run();
+	config_drop_privileges(o->chroot_dir, o->uid, o->gid);
+}
+
+/* After the loop: close_notify where it can go out, sockets closed. */
+static void
+config_stop(void)
+{
+	size_t i;
+
 	for (i = 0; i < g.n_upstreams; i++)
 		upstream_shutdown(&g.upstreams[i]);
 	for (i = 0; i < MAX_TCP_CLIENTS; i++)
@@ -5290,6 +5325,25 @@ main(int argc, char **argv)
 			client_close(&g.clients[i]);
 	for (i = 0; i < g.n_listeners; i++)
 		close(g.listeners[i].udp_fd);
+}
+
+/* ==== main ============================================================ */
+
+#ifndef DOTPROXY_NO_MAIN
+int
+main(int argc, char **argv)
+{
+	struct start_opts o;
+
+	config_defaults(&o);
+	config_parse_args(argc, argv, &o);
+	config_start(&o);
+	log_info("ready: %zu listener%s, %zu upstream%s (first: %s), "
+	    "%zu trust anchor%s", g.n_listeners, g.n_listeners == 1 ? "" : "s",
+	    g.n_upstreams, g.n_upstreams == 1 ? "" : "s",
+	    g.upstreams[0].label, g.n_tas, g.n_tas == 1 ? "" : "s");
+	loop_run();
+	config_stop();
 	log_info("stopped");
 	return 0;
 }
