@@ -220,6 +220,8 @@ struct dns_query_info {
 	uint16_t qtype;
 	int has_opt;		/* client sent an OPT record */
 	int do_bit;		/* DNSSEC OK, from that OPT (RFC 3225) */
+	size_t msg_end;		/* end of the last record: bytes after it
+				 * are dropped */
 	uint16_t udp_limit;	/* largest UDP answer the client takes */
 };
 
@@ -897,8 +899,8 @@ dns_skip_name(const unsigned char *m, size_t len, size_t off)
  * the message is malformed.
  */
 static int
-dns_find_opt(const unsigned char *m, size_t len, size_t off,
-    size_t *opt_start, size_t *opt_end)
+dns_find_opt_end(const unsigned char *m, size_t len, size_t off,
+    size_t *opt_start, size_t *opt_end, size_t *msg_end)
 {
 	unsigned an = get16(m + 6), ns = get16(m + 8), ar = get16(m + 10);
 	unsigned i, n = an + ns + ar;
@@ -922,7 +924,17 @@ dns_find_opt(const unsigned char *m, size_t len, size_t off,
 		}
 		off += 10 + rdlen;
 	}
+	*msg_end = off;
 	return found;
+}
+
+static int
+dns_find_opt(const unsigned char *m, size_t len, size_t off,
+    size_t *opt_start, size_t *opt_end)
+{
+	size_t end;
+
+	return dns_find_opt_end(m, len, off, opt_start, opt_end, &end);
 }
 
 /*
@@ -956,7 +968,8 @@ dns_parse_query(const unsigned char *m, size_t len, struct dns_query_info *qi)
 	qi->qend = off + 4;
 	if (len > QUERY_MAX_BYTES)
 		return DNS_RCODE_FORMERR;
-	r = dns_find_opt(m, len, qi->qend, &opt_start, &opt_end);
+	r = dns_find_opt_end(m, len, qi->qend, &opt_start, &opt_end,
+	    &qi->msg_end);
 	if (r < 0)
 		return DNS_RCODE_FORMERR;
 	if (r == 1) {
@@ -2722,6 +2735,19 @@ upstream_pick(void)
 	return -1;
 }
 
+/* Returns 1 if an upstream other than u may be used now. */
+static int
+upstream_other_usable(const struct upstream *u)
+{
+	size_t i;
+
+	for (i = 0; i < g.n_upstreams; i++)
+		if (&g.upstreams[i] != u &&
+		    g.upstreams[i].state != UPSTREAM_BACKOFF)
+			return 1;
+	return 0;
+}
+
 static int upstream_connect(struct upstream *u);
 
 /* Appends a pending slot to an upstream's FIFO; connects if needed. */
@@ -2940,6 +2966,25 @@ upstream_connect(struct upstream *u)
 	return -1;
 }
 
+/*
+ * The server ended the connection (close_notify or EOF). With nothing in
+ * flight that is how servers end idle connections: normal. With queries
+ * in flight or half an answer read, it is a failure when another upstream
+ * can take them (they go there); alone, the connection is made again and
+ * they are sent again (MAX_ATTEMPTS bounds that).
+ */
+static void
+upstream_server_closed(struct upstream *u)
+{
+	if ((u->inflight > 0 || u->rlen > 0) && upstream_other_usable(u)) {
+		upstream_fail(u, UPSTREAM_ERR_EOF, u->rlen > 0 ?
+		    "closed by the server in the middle of an answer" :
+		    "closed by the server with queries in flight");
+		return;
+	}
+	upstream_closed(u, "closed by the server");
+}
+
 /* Sends what the engine has for the peer. Returns 0, or -1 if the
  * upstream was torn down. */
 static int
@@ -3003,16 +3048,16 @@ upstream_on_answer(struct upstream *u, unsigned char *m, size_t len)
 	}
 	p = &g.pending[slot];
 	qend = dns_parse_answer(m, len);
+	if (qend == 0 || !dns_question_equal(m, qend, p->query, p->qend)) {
+		/* A server that answers another question cannot be trusted
+		 * with the rest: its queries go to the next upstream. */
+		upstream_fail(u, UPSTREAM_ERR_PROTOCOL, "protocol error: an "
+		    "answer to another question");
+		return -1;
+	}
 	upstream_detach(slot);
 	if (!u->answered)
 		upstream_on_first_answer(u);
-	if (qend == 0 || !dns_question_equal(m, qend, p->query, p->qend)) {
-		if (ratelimit_ok(&g.rl_mismatch))
-			log_warn("upstream %s: answer does not match its "
-			    "question; client gets SERVFAIL", u->label);
-		query_fail(slot, DNS_RCODE_SERVFAIL);
-		return 0;
-	}
 	query_deliver(slot, m, len);
 	return 0;
 }
@@ -3147,8 +3192,10 @@ upstream_pump(struct upstream *u)
 			char ebuf[64], what[128];
 
 			if (err == BR_ERR_OK) {
-				upstream_closed(u, u->state == UPSTREAM_CLOSING
-				    ? "closed" : "closed by the server");
+				if (u->state == UPSTREAM_CLOSING)
+					upstream_closed(u, "closed");
+				else
+					upstream_server_closed(u);
 				return;
 			}
 			util_fmt(what, sizeof what, "%s failed: %s",
@@ -3269,7 +3316,7 @@ upstream_on_readable(struct upstream *u)
 			upstream_fail(u, UPSTREAM_ERR_EOF, "handshake failed: "
 			    "connection closed by the server");
 		else
-			upstream_closed(u, "closed by the server");
+			upstream_server_closed(u);
 		return;
 	}
 	u->in_off = 0;
@@ -3296,16 +3343,12 @@ static void
 upstream_stalled(struct upstream *u)
 {
 	char what[96];
-	size_t i;
 
 	util_fmt(what, sizeof what, "no answer for %lld ms",
 	    (long long)(g.now_ms - u->progress_ms));
-	for (i = 0; i < g.n_upstreams; i++) {
-		if (&g.upstreams[i] != u &&
-		    g.upstreams[i].state != UPSTREAM_BACKOFF) {
-			upstream_fail(u, UPSTREAM_ERR_STALL, what);
-			return;
-		}
+	if (upstream_other_usable(u)) {
+		upstream_fail(u, UPSTREAM_ERR_STALL, what);
+		return;
 	}
 	if (u->last_err == 0)
 		log_warn("upstream %s: %s: reconnecting", u->label, what);
@@ -3561,41 +3604,32 @@ client_on_writable(struct client_conn *c)
 		client_close(c);
 }
 
+/* Returns 1 if a whole frame waits in the input buffer. */
+static int
+client_has_frame(const struct client_conn *c)
+{
+	return c->in_len >= 2 && c->in_len >= 2u + get16(c->in);
+}
+
 /*
- * Reads what the socket has and hands every complete frame to the query
- * section. A frame that cannot be a query (shorter than a header, longer
- * than QUERY_MAX_BYTES) closes the connection: the stream cannot be
- * trusted to be in sync after it.
+ * Hands complete frames to the query section while the client has fewer
+ * than MAX_INFLIGHT_PER_CLIENT queries in flight; the rest wait in the
+ * buffer (loop_run calls this again when answers have gone out). A frame
+ * that cannot be a query (shorter than a header, longer than
+ * QUERY_MAX_BYTES) closes the connection: the stream cannot be trusted to
+ * be in sync after it.
  */
 static void
-client_on_readable(struct client_conn *c)
+client_take_frames(struct client_conn *c)
 {
 	struct origin from = { 0 };
 	size_t off = 0;
-	ssize_t n;
 
-	n = recv(c->fd, c->in + c->in_len, CLIENT_IN_BYTES - c->in_len, 0);
-	if (n < 0) {
-		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-			client_close(c);
-		return;
-	}
-	if (n == 0) {
-		/* Half-close: answers still in flight are delivered. */
-		c->state = CLIENT_EOF;
-		if (client_is_idle(c))
-			client_close(c);
-		return;
-	}
-	if (c->in_len == 0)
-		c->frame_start_ms = g.now_ms;
-	c->in_len += (size_t)n;
-	c->last_active_ms = g.now_ms;
 	from.kind = ORIGIN_TCP;
 	from.peer = c->peer;
 	from.slot = (int)(c - g.clients);
 	from.gen = c->gen;
-	while (c->in_len - off >= 2) {
+	while (c->in_len - off >= 2 && c->inflight < MAX_INFLIGHT_PER_CLIENT) {
 		size_t mlen = get16(c->in + off);
 
 		if (mlen < DNS_HEADER_BYTES || mlen > QUERY_MAX_BYTES) {
@@ -3612,11 +3646,41 @@ client_on_readable(struct client_conn *c)
 			return;	/* closed while answering */
 		off += 2 + mlen;
 	}
+	if (off == 0)
+		return;
 	memmove(c->in, c->in + off, c->in_len - off);
 	c->in_len -= off;
-	if (off > 0 && c->in_len > 0)
-		c->frame_start_ms = g.now_ms;	/* the next frame began */
-	c->state = c->in_len >= 2 ? CLIENT_READ_MSG : CLIENT_READ_LEN;
+	c->frame_start_ms = g.now_ms;	/* the next frame's clock starts */
+	if (c->state != CLIENT_EOF)
+		c->state = c->in_len >= 2 ? CLIENT_READ_MSG : CLIENT_READ_LEN;
+	else if (client_is_idle(c) && !client_has_frame(c))
+		client_close(c);
+}
+
+/* Reads what the socket has, then takes the complete frames. */
+static void
+client_on_readable(struct client_conn *c)
+{
+	ssize_t n;
+
+	n = recv(c->fd, c->in + c->in_len, CLIENT_IN_BYTES - c->in_len, 0);
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			client_close(c);
+		return;
+	}
+	if (n == 0) {
+		/* Half-close: queries already read are still answered. */
+		c->state = CLIENT_EOF;
+		if (client_is_idle(c) && !client_has_frame(c))
+			client_close(c);
+		return;
+	}
+	if (c->in_len == 0)
+		c->frame_start_ms = g.now_ms;
+	c->in_len += (size_t)n;
+	c->last_active_ms = g.now_ms;
+	client_take_frames(c);
 }
 
 /* Called when an answer (or error) for a TCP query is ready; msg == NULL
@@ -3631,7 +3695,8 @@ client_answer(int slot, unsigned gen, const unsigned char *msg, size_t len)
 	c->inflight--;
 	if (msg != NULL)
 		client_send_frame(c, msg, len);
-	if (c->state == CLIENT_EOF && c->fd >= 0 && client_is_idle(c))
+	if (c->state == CLIENT_EOF && c->fd >= 0 && client_is_idle(c) &&
+	    !client_has_frame(c))
 		client_close(c);
 }
 
@@ -3660,7 +3725,10 @@ client_timers(struct client_conn *c)
 {
 	if (c->state == CLIENT_FREE)
 		return;
-	if (c->in_len > 0 && g.now_ms - c->frame_start_ms >= CLIENT_FRAME_MS) {
+	if (c->inflight >= MAX_INFLIGHT_PER_CLIENT || client_has_frame(c))
+		c->frame_start_ms = g.now_ms;	/* the proxy is not reading */
+	else if (c->in_len > 0 &&
+	    g.now_ms - c->frame_start_ms >= CLIENT_FRAME_MS) {
 		log_debug("TCP client too slow to send a query: closed");
 		client_close(c);
 		return;
@@ -4096,6 +4164,7 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 	p->cache_key = key;
 	p->udp_limit = from->kind == ORIGIN_UDP ? qi.udp_limit : 0;
 	p->qend = (uint16_t)qi.qend;
+	len = qi.msg_end;	/* trailing bytes would break padding */
 	memcpy(p->query, msg, len);
 	if (zi >= 0) {
 		/* Plain DNS to a private server: nothing to pad for. */
@@ -4380,6 +4449,13 @@ loop_run(void)
 		}
 		if (g.draining && loop_drain_done())
 			break;
+		for (i = 0; i < MAX_TCP_CLIENTS && !g.draining; i++) {
+			struct client_conn *c = &g.clients[i];
+
+			if (c->state != CLIENT_FREE && client_has_frame(c) &&
+			    c->inflight < MAX_INFLIGHT_PER_CLIENT)
+				client_take_frames(c);	/* held back */
+		}
 		FD_ZERO(&rd);
 		FD_ZERO(&wr);
 		for (i = 0; i < g.n_listeners && !g.draining; i++) {
