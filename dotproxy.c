@@ -3049,11 +3049,20 @@ upstream_on_answer(struct upstream *u, unsigned char *m, size_t len)
 	p = &g.pending[slot];
 	qend = dns_parse_answer(m, len);
 	if (qend == 0 || !dns_question_equal(m, qend, p->query, p->qend)) {
-		/* A server that answers another question cannot be trusted
-		 * with the rest: its queries go to the next upstream. */
-		upstream_fail(u, UPSTREAM_ERR_PROTOCOL, "protocol error: an "
-		    "answer to another question");
-		return -1;
+		/* A server that answers another question is not trusted with
+		 * the rest when another upstream can take them; alone, only
+		 * this query fails. Never a wrong answer either way. */
+		if (upstream_other_usable(u)) {
+			upstream_fail(u, UPSTREAM_ERR_PROTOCOL, "protocol "
+			    "error: an answer to another question");
+			return -1;
+		}
+		if (ratelimit_ok(&g.rl_mismatch))
+			log_warn("upstream %s: answer does not match its "
+			    "question; client gets SERVFAIL", u->label);
+		upstream_detach(slot);
+		query_fail(slot, DNS_RCODE_SERVFAIL);
+		return 0;
 	}
 	upstream_detach(slot);
 	if (!u->answered)
