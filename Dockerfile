@@ -28,4 +28,7 @@ COPY --from=build /src/dotproxy /dotproxy
 # Docker's default capability set; a --cap-add alone does not reach a non-root process).
 USER 65534:65534
 EXPOSE 53/udp 53/tcp
+# No HEALTHCHECK: the image has no shell and no tool to run one (HEALTHCHECK CMD runs inside
+# the container). Check from outside instead (dig @host, or an orchestrator's TCP probe on 53).
+# SIGTERM (docker stop) makes dotproxy exit 0; it handles signals itself as PID 1.
 ENTRYPOINT ["/dotproxy"]

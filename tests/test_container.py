@@ -1,0 +1,224 @@
+"""The container image, without a Docker engine.
+
+What the image needs is proved in parts:
+- the Dockerfile's invariants (final stage FROM scratch, numeric non-root USER, EXPOSE 53/udp
+  and 53/tcp, ENTRYPOINT the binary, a checksum-verified BearSSL download in the build stage);
+- the build stage's own `RUN make ...` command, run in a directory holding only what its COPY
+  lines copy, produces a binary that serves DNS from an empty root as uid 65534 (the image's
+  USER). The one difference: BearSSL comes from the local bearssl/ tree (BEARSSL_FROM=dir)
+  instead of the release tarball, as this machine cannot reach bearssl.org; the Makefile
+  checks the tarball's SHA-256 when it does download it (asserted below).
+"""
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+import helpers
+from helpers import a_addrs, query_tcp, query_udp
+
+DOCKERFILE = os.path.join(helpers.REPO, "Dockerfile")
+BEARSSL_SHA256 = "6705bba1714961b41a728dfc5debbe348d2966c117649392f8c8139efc83ff14"
+EXAMPLE = {"192.0.2.10", "192.0.2.11"}
+
+
+def instructions(path=DOCKERFILE):
+    """[(INSTRUCTION, argument text)], continuation lines joined, comments dropped."""
+    out, cur = [], ""
+    for raw in open(path):
+        line = raw.rstrip("\n")
+        if not cur and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if cur and line.lstrip().startswith("#"):
+            continue  # a comment inside a continued instruction
+        if line.endswith("\\"):
+            cur += line[:-1] + " "
+            continue
+        cur += line
+        word, _, rest = cur.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        cur = ""
+    assert not cur, "Dockerfile ends inside a continued line"
+    return out
+
+
+def stages(ins=None):
+    """[[(INSTRUCTION, args)...] per stage], each starting with its FROM."""
+    st = []
+    for i in ins or instructions():
+        if i[0] == "FROM":
+            st.append([])
+        if i[0] != "ARG" or st:
+            assert st, "instruction %r before the first FROM" % (i,)
+            st[-1].append(i)
+    return st
+
+
+def makefile_var(name):
+    text = open(os.path.join(helpers.REPO, "Makefile")).read()
+    m = re.search(r"^%s\s*[:?]?=\s*(\S+)\s*$" % re.escape(name), text, re.M)
+    assert m, "%s not set in the Makefile" % name
+    return m.group(1)
+
+
+def build_stage():
+    st = stages()
+    assert len(st) >= 2, "want a build stage and a final stage"
+    return st[0]
+
+
+def build_run_make():
+    """The build stage's RUN make ... command, as argv."""
+    runs = [a for i, a in build_stage() if i == "RUN" and re.match(r"make(\s|$)", a)]
+    assert len(runs) == 1, "want exactly one `RUN make ...` in the build stage: %r" % runs
+    return shlex.split(runs[0])
+
+
+def build_copies():
+    """Sources of the build stage's COPY lines (from the context, not --from)."""
+    srcs = []
+    for i, a in build_stage():
+        if i != "COPY":
+            continue
+        words = shlex.split(a)
+        assert not any(w.startswith("--from") for w in words)
+        words = [w for w in words if not w.startswith("--")]
+        srcs += words[:-1]
+    return srcs
+
+
+# ---------------------------------------------------------------- invariants
+
+def test_final_stage_from_scratch():
+    final = stages()[-1]
+    assert final[0] == ("FROM", "scratch"), final[0]
+
+
+def test_final_stage_user_numeric_non_root():
+    users = [a for i, a in stages()[-1] if i == "USER"]
+    assert users, "no USER in the final stage: the image would run as root"
+    m = re.fullmatch(r"(\d+)(?::(\d+))?", users[-1])
+    assert m, "USER %r is not numeric (a scratch image has no /etc/passwd)" % users[-1]
+    assert int(m.group(1)) != 0 and (m.group(2) is None or int(m.group(2)) != 0)
+
+
+def test_exposes_dns_ports():
+    exposed = set()
+    for i, a in stages()[-1]:
+        if i == "EXPOSE":
+            exposed |= set(a.split())
+    assert {"53/udp", "53/tcp"} <= exposed, exposed
+
+
+def test_entrypoint_is_the_binary():
+    final = stages()[-1]
+    eps = [a for i, a in final if i == "ENTRYPOINT"]
+    assert eps, "no ENTRYPOINT"
+    ep = json.loads(eps[-1])  # exec form: a shell form would need /bin/sh, absent in scratch
+    assert isinstance(ep, list) and ep, ep
+    copied = [shlex.split(a) for i, a in final if i == "COPY"]
+    dests = [w[-1] for w in copied if any(x.startswith("--from=") for x in w)]
+    assert ep[0] in dests, "ENTRYPOINT %r is not a file copied from the build stage %r" % (
+        ep[0], dests)
+    assert not any(i in ("RUN", "HEALTHCHECK") for i, _ in final), \
+        "RUN/HEALTHCHECK need a shell the scratch image does not have"
+
+
+def test_build_stage_verifies_bearssl_tarball():
+    argv = build_run_make()
+    assert "BEARSSL_FROM=tarball" in argv, argv
+    assert makefile_var("BEARSSL_SHA256") == BEARSSL_SHA256
+    assert makefile_var("BEARSSL_URL").startswith("https://")
+    mk = open(os.path.join(helpers.REPO, "Makefile")).read()
+    # the tarball path compares the download's sha256 and stops on a mismatch
+    assert re.search(r'if \[ "\$got" != "\$BEARSSL_SHA256" \]', mk)
+    assert "CHECKSUM MISMATCH" in mk
+
+
+def test_dockerignore_keeps_what_the_build_copies():
+    """The context is an allowlist; every file the build stage copies must be in it, and
+    bearssl/, the binary and .git must not be."""
+    path = os.path.join(helpers.REPO, ".dockerignore")
+    rules = [l.strip() for l in open(path) if l.strip() and not l.lstrip().startswith("#")]
+
+    def included(p):
+        keep = True
+        for r in rules:
+            neg = r.startswith("!")
+            pat = r[1:] if neg else r
+            if fnmatch.fnmatch(p, pat) or p.startswith(pat.rstrip("/") + "/"):
+                keep = neg
+        return keep
+
+    for src in build_copies():
+        assert included(src), "%s is copied by the Dockerfile but excluded by .dockerignore" % src
+    for p in ("bearssl/inc/bearssl.h", "dotproxy", ".git/config", "build/x", "dotproxy-mips"):
+        assert not included(p), "%s would be sent to the Docker daemon" % p
+
+
+# ---------------------------------------------------------------- the build stage, run
+
+@pytest.fixture(scope="module")
+def docker_built_binary(tmp_path_factory):
+    """Build as the Dockerfile's build stage does: its COPY set, its make command."""
+    if not os.path.isfile(os.path.join(helpers.REPO, "bearssl", ".source")):
+        pytest.fail("bearssl/ not fetched (make bearssl)")
+    src = tmp_path_factory.mktemp("docker-src")
+    for f in build_copies():
+        dst = src / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.join(helpers.REPO, f), dst)
+    argv = build_run_make()
+    # BearSSL from the local tree, since bearssl.org is out of reach here (see the docstring).
+    argv = [a for a in argv if not a.startswith("BEARSSL_FROM=")]
+    argv += ["BEARSSL_FROM=dir", "BEARSSL_SRC=" + os.path.join(helpers.REPO, "bearssl"),
+             "-j%d" % (os.cpu_count() or 1)]
+    env = dict(os.environ)
+    for k in ("CC", "CFLAGS", "LDFLAGS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "TARGET"):
+        env.pop(k, None)
+    r = subprocess.run(argv, cwd=str(src), env=env, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, "%r failed:\n%s\n%s" % (argv, r.stdout[-3000:], r.stderr[-3000:])
+    binary = src / "dotproxy"
+    assert binary.is_file()
+    return str(binary)
+
+
+def test_docker_build_binary_is_static_and_small(docker_built_binary):
+    with open(docker_built_binary, "rb") as f:
+        data = f.read()
+    assert data[:4] == b"\x7fELF"
+    assert b"/lib/ld-" not in data and b"ld-musl" not in data, "dynamically linked"
+    size = len(data)
+    print("docker build-stage binary: %d bytes" % size)
+    assert size < 400 * 1024, size
+
+
+def test_docker_build_binary_serves_from_empty_root_as_nobody(docker_built_binary, proxies,
+                                                               unbound, pki, tmp_path):
+    """The image: an empty root with only the binary (plus the test CA), uid/gid 65534."""
+    if os.geteuid() != 0:
+        pytest.skip("chroot and changing uid need root")
+    users = [a for i, a in stages()[-1] if i == "USER"]
+    uid, _, gid = users[-1].partition(":")
+    root = tmp_path / "scratch"
+    root.mkdir()
+    os.chmod(root, 0o755)
+    shutil.copy(docker_built_binary, root / "dotproxy")
+    shutil.copy(pki.root, root / "root.pem")
+    os.chmod(root / "root.pem", 0o644)
+    assert sorted(os.listdir(root)) == ["dotproxy", "root.pem"]
+    prefix = ["chroot", "--userspec=%s:%s" % (uid, gid or uid), str(root)]
+    p = proxies.start("127.0.0.1@%d#dns.test" % unbound.port, ca="/root.pem",
+                      cmd_prefix=prefix, binary="/dotproxy")
+    # really running as the image's user
+    status = open("/proc/%d/status" % p.proc.pid).read()
+    assert re.search(r"^Uid:\s+%s\s" % uid, status, re.M), status
+    assert a_addrs(query_udp(p.port, "example.test")) == EXAMPLE
+    assert a_addrs(query_tcp(p.port, "example.test")) == EXAMPLE
+    assert p.stop() == 0
