@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 import helpers
-from helpers import CountingRelay, DotProxy, FakeDoT, Unbound, free_port
+from helpers import CountingRelay, DotProxy, FakeDoT, FakePlainDNS, Unbound, free_port
 
 
 def pytest_addoption(parser):
@@ -65,7 +65,7 @@ class ProxyFactory:
         self.started = []
 
     def start(self, upstream=None, extra=(), ca=True, env=None, listen=None, port=None,
-              ready_timeout=5.0, cmd_prefix=None, binary=None):
+              ready_timeout=5.0, cmd_prefix=None, binary=None, wait_ready=True):
         """Start dotproxy listening on 127.0.0.1@<free port> (or `listen`), upstream
         spec `upstream` (a full -u value, or a list of them, or None to pass no -u),
         trusting the test root unless ca is False/another path."""
@@ -85,7 +85,8 @@ class ProxyFactory:
             args += ["-c", ca]
         args += list(extra)
         p = DotProxy(binary or self.binary, args, env=env, port=port,
-                     ready_timeout=ready_timeout, cmd_prefix=cmd_prefix)
+                     ready_timeout=ready_timeout, cmd_prefix=cmd_prefix,
+                     wait_ready=wait_ready)
         self.started.append(p)
         return p
 
@@ -153,3 +154,34 @@ def relays():
     yield make
     for r in made:
         r.stop()
+
+
+@pytest.fixture
+def plain_dns():
+    """Factory for helpers.FakePlainDNS: make(zone, **kw); all stopped in teardown."""
+    made = []
+
+    def make(zone, **kw):
+        s = FakePlainDNS(zone, **kw)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.stop()
+
+
+# ---------------------------------------------------------------- sanitized builds
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires_static_binary: skipped when DOTPROXY_SANITIZED "
+                            "is set (make test-asan): the test needs the static musl binary")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not helpers.SANITIZED:
+        return
+    skip = pytest.mark.skip(reason="needs the static binary (DOTPROXY_SANITIZED: make test-asan)")
+    for item in items:
+        nodeid = item.nodeid.split("/")[-1]
+        if item.get_closest_marker("requires_static_binary") or \
+                any(nodeid.startswith(t) for t in helpers.STATIC_BINARY_TESTS):
+            item.add_marker(skip)

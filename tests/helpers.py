@@ -142,7 +142,9 @@ class DotProxy:
     """A running dotproxy.  .proc, .port, .lines (stderr lines), .stop()."""
 
     def __init__(self, binary, args, env=None, port=None, host="127.0.0.1",
-                 ready_timeout=5.0, cmd_prefix=None):
+                 ready_timeout=5.0, cmd_prefix=None, wait_ready=True):
+        """wait_ready=False (for -q, which hides the "ready" line): wait for
+        the TCP listener on host:port instead."""
         self.binary = binary
         self.args = list(args)
         self.port = port
@@ -158,7 +160,11 @@ class DotProxy:
                                      stderr=subprocess.PIPE, env=env)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        if not self.wait_for("ready", ready_timeout):
+        if wait_ready:
+            up = self.wait_for("ready", ready_timeout)
+        else:
+            up = wait_tcp_listening(host, port, ready_timeout) and self.proc.poll() is None
+        if not up:
             rc = self.proc.poll()
             self.stop()
             raise AssertionError("dotproxy did not log 'ready' within %.1fs (exit %r); "
@@ -667,6 +673,14 @@ class FakeDoT:
     pad_answers:    puts an EDNS Padding option (code 12) in the answers' OPT.
     alpn:           the ALPN protocols the server accepts (None: no ALPN).
     delay:          seconds to wait before each answer.
+    ttl:            TTL of the A record in answers (default 60).
+    aa:             set the AA flag in answers.
+    special:        {name (lower case, no final dot): dict(kind=..., soa=...)}
+                    answers a name differently: kind "servfail" / "refused"
+                    (that RCODE, no records), "nxdomain" / "nodata" (NXDOMAIN
+                    / NOERROR without answer records; soa=(TTL, MINIMUM) puts
+                    a SOA for "test." in the authority section), "tc" (TC=1,
+                    no records), "malformed" (ANCOUNT=1 and no record).
 
     `mode` may be changed while running.  Records: .conns (FakeConn per
     accepted connection), plus the counters connections / handshakes /
@@ -678,8 +692,11 @@ class FakeDoT:
 
     def __init__(self, chain, key, mode="answer", close_after=None, host="127.0.0.1",
                  reverse_batch=None, pad_answers=False, alpn=("dot",), delay=0.0,
-                 port=None):
+                 port=None, ttl=60, aa=False, special=None):
         self.mode = mode
+        self.ttl = ttl
+        self.aa = aa
+        self.special = dict(special or {})
         self.close_after = close_after
         self.reverse_batch = reverse_batch
         self.pad_answers = pad_answers
@@ -733,12 +750,30 @@ class FakeDoT:
         rdtype = q.question[0].rdtype
         flags = 0x8000 | (q.flags & 0x7900) | 0x0080   # QR, opcode, RD; RA
         flags &= ~0x0400 & 0xFFFF                       # not AA
+        if self.aa:
+            flags |= 0x0400
         body = b""
-        an = 0
-        if rdtype == dns.rdatatype.A and q.question[0].rdclass == 1:
-            addr = socket.inet_aton(fake_addr_for(qname.to_text()))
-            body += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + addr
-            an = 1
+        an = ns = 0
+        sp = self.special.get(qname.to_text(omit_final_dot=True).lower())
+        kind = sp.get("kind") if sp else None
+        if kind is None:
+            if rdtype == dns.rdatatype.A and q.question[0].rdclass == 1:
+                addr = socket.inet_aton(fake_addr_for(qname.to_text()))
+                body += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, self.ttl, 4) + addr
+                an = 1
+        elif kind in ("servfail", "refused", "nxdomain"):
+            flags |= {"servfail": 2, "refused": 5, "nxdomain": 3}[kind]
+        elif kind == "tc":
+            flags |= 0x0200
+        elif kind == "malformed":
+            an = 1                                      # promised, not there
+        if kind in ("nxdomain", "nodata") and sp.get("soa"):
+            sttl, smin = sp["soa"]
+            rdata = (b"\x02ns\x04test\x00" + b"\x05admin\x04test\x00"
+                     + struct.pack("!IIIII", 1, 3600, 600, 86400, smin))
+            body += (b"\x04test\x00" + struct.pack("!HHIH", 6, 1, sttl, len(rdata))
+                     + rdata)
+            ns = 1
         ar = 0
         opt = b""
         if q.edns >= 0:
@@ -751,7 +786,7 @@ class FakeDoT:
                 padlen = (-base) % 468 or 0
                 options = struct.pack("!HH", 12, padlen) + b"\0" * padlen
             opt = b"\x00" + struct.pack("!HHIH", 41, 1232, ttl, len(options)) + options
-        hdr = struct.pack("!HHHHHH", q.id, flags, 1, an, 0, ar)
+        hdr = struct.pack("!HHHHHH", q.id, flags, 1, an, ns, ar)
         return hdr + question + body + opt
 
     # ------------------------------------------------------------ server
@@ -911,3 +946,209 @@ class FakeDoT:
                 s.close()
             except OSError:
                 pass
+
+
+# ---------------------------------------------------------------- fake plain-DNS server
+
+class FakePlainDNS:
+    """A plain-DNS server (UDP and TCP on host:port) for one zone, standing in
+    for kube-dns / dnsmasq behind --forward-zone.
+
+    A query for a name at or below `zone` is answered with `n_records` A
+    records 198.51.100.<base+i> (TTL `ttl`, base = `base`); any other name
+    gets NXDOMAIN with a SOA.  The question is echoed as received (case
+    included); an OPT is echoed when the query had one.
+    tc_udp:  every UDP answer is TC=1 without records (full answer over TCP).
+    silent:  read queries, never answer.
+    spoof:   before each real UDP answer, send three bogus ones (data
+             203.0.113.x): from another socket, with a wrong ID, and with a
+             different question.
+    Records: .udp / .tcp (query counts), .queries [(transport, wire, src)].
+    """
+
+    def __init__(self, zone, port=None, host="127.0.0.1", n_records=1, base=1, ttl=60,
+                 tc_udp=False, silent=False, spoof=False):
+        self.zone = dns.name.from_text(zone)
+        self.host = host
+        self.port = port or free_port()
+        self.n_records = n_records
+        self.base = base
+        self.ttl = ttl
+        self.tc_udp = tc_udp
+        self.silent = silent
+        self.spoof = spoof
+        self.udp = 0
+        self.tcp = 0
+        self.queries = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        fam = _family(host)
+        self._us = socket.socket(fam, socket.SOCK_DGRAM)
+        self._us.bind((host, self.port))
+        self._ts = socket.socket(fam, socket.SOCK_STREAM)
+        self._ts.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._ts.bind((host, self.port))
+        self._ts.listen(64)
+        self._conns = []
+        self._threads = [threading.Thread(target=self._udp_loop, daemon=True),
+                         threading.Thread(target=self._tcp_loop, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def addrs(self):
+        return {"198.51.100.%d" % (self.base + i) for i in range(self.n_records)}
+
+    def names(self):
+        """(transport, lower-case name with the final dot), in order of arrival."""
+        with self._lock:
+            return [(t, dns.message.from_wire(w).question[0].name.to_text().lower())
+                    for t, w, _ in self.queries]
+
+    def answer(self, wire, transport, qid=None, addr_base=None, qname=None):
+        q = dns.message.from_wire(wire)
+        name = qname or q.question[0].name
+        flags = 0x8000 | (q.flags & 0x7900) | 0x0080 | 0x0400   # QR opcode RD RA AA
+        if qname is None:
+            question = wire[12:_question_end(wire)]
+        else:
+            question = qname.to_wire() + struct.pack("!HH", q.question[0].rdtype,
+                                                      q.question[0].rdclass)
+        body = b""
+        an = ns = 0
+        if name.is_subdomain(self.zone):
+            if transport == "udp" and self.tc_udp:
+                flags |= 0x0200
+            elif q.question[0].rdtype == dns.rdatatype.A:
+                base = self.base if addr_base is None else addr_base
+                for i in range(self.n_records):
+                    body += (b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, self.ttl, 4)
+                             + socket.inet_aton("198.51.100.%d" % (base + i)
+                                                if addr_base is None else
+                                                "203.0.113.%d" % (base + i)))
+                    an += 1
+        else:
+            flags |= 3
+            rdata = (b"\x02ns" + self.zone.to_wire() + b"\x05admin" + self.zone.to_wire()
+                     + struct.pack("!IIIII", 1, 3600, 600, 86400, 60))
+            body += self.zone.to_wire() + struct.pack("!HHIH", 6, 1, 60, len(rdata)) + rdata
+            ns = 1
+        ar = 0
+        opt = b""
+        if q.edns >= 0:
+            ar = 1
+            opt = b"\x00" + struct.pack("!HHIH", 41, 1232, q.ednsflags & dns.flags.DO, 0)
+        hdr = struct.pack("!HHHHHH", q.id if qid is None else qid, flags, 1, an, ns, ar)
+        return hdr + question + body + opt
+
+    def _udp_loop(self):
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([self._us], [], [], 0.1)
+                if not r:
+                    continue
+                wire, src = self._us.recvfrom(65535)
+            except (OSError, ValueError):
+                return
+            with self._lock:
+                self.udp += 1
+                self.queries.append(("udp", wire, src))
+            if self.silent:
+                continue
+            try:
+                q = dns.message.from_wire(wire)
+                if self.spoof:
+                    other = socket.socket(_family(self.host), socket.SOCK_DGRAM)
+                    other.bind((self.host, 0))
+                    other.sendto(self.answer(wire, "udp", addr_base=66), src)
+                    other.close()
+                    self._us.sendto(self.answer(wire, "udp", qid=q.id ^ 0x5555,
+                                                addr_base=67), src)
+                    self._us.sendto(self.answer(wire, "udp", addr_base=68,
+                                                qname=dns.name.from_text("other", self.zone)),
+                                    src)
+                    time.sleep(0.05)
+                self._us.sendto(self.answer(wire, "udp"), src)
+            except (OSError, dns.exception.DNSException):
+                pass
+
+    def _tcp_loop(self):
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([self._ts], [], [], 0.1)
+                if not r:
+                    continue
+                c, src = self._ts.accept()
+            except (OSError, ValueError):
+                return
+            with self._lock:
+                self._conns.append(c)
+            t = threading.Thread(target=self._tcp_serve, args=(c, src), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _tcp_serve(self, c, src):
+        c.settimeout(0.2)
+        buf = b""
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = c.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    return
+                buf += data
+                while len(buf) >= 2:
+                    (n,) = struct.unpack("!H", buf[:2])
+                    if len(buf) < 2 + n:
+                        break
+                    wire, buf = buf[2:2 + n], buf[2 + n:]
+                    with self._lock:
+                        self.tcp += 1
+                        self.queries.append(("tcp", wire, src))
+                    if not self.silent:
+                        out = self.answer(wire, "tcp")
+                        c.sendall(struct.pack("!H", len(out)) + out)
+        except (OSError, dns.exception.DNSException):
+            pass
+        finally:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def stop(self):
+        self._stop.set()
+        for s in (self._us, self._ts):
+            try:
+                s.close()
+            except OSError:
+                pass
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join(2)
+
+
+# ---------------------------------------------------------------- sanitized builds
+# make test-asan runs the suite against build/dotproxy-asan (clang ASan/UBSan, glibc, dynamic)
+# with DOTPROXY_SANITIZED=1. A test that needs the static binary itself (copied into an empty
+# root, or inspected as a file) is listed here or marked @helpers.requires_static_binary;
+# conftest.py skips both kinds for a sanitized binary.
+SANITIZED = bool(os.environ.get("DOTPROXY_SANITIZED"))
+STATIC_BINARY_TESTS = (
+    "test_cli.py::test_chroot_empty_root",
+    "test_container.py::",          # builds and runs its own image binary: not the one under test
+    "test_cross.py::",
+    "test_initramfs.py::",
+)
+
+
+def requires_static_binary(f):
+    import pytest
+    return pytest.mark.requires_static_binary(f)
