@@ -98,7 +98,7 @@ Q   := @
 say := @echo
 endif
 
-.PHONY: all run bearssl deps test check unit pytest clean distclean FORCE
+.PHONY: all run bearssl deps test check unit pytest bench clean distclean FORCE
 .DELETE_ON_ERROR:
 
 all: dotproxy
@@ -163,6 +163,11 @@ test:
 	@$(MAKE) --no-print-directory DEPS_CHECKED=1 pytest
 
 check: test
+
+# Benchmark (not a test, not run by make test): dotproxy vs its peers and the ceiling, one
+# run on loopback; writes bench/RESULTS.md. See bench/README.md (BENCH_* variables there).
+bench: dotproxy
+	sh bench/run.sh
 
 # ---------------------------------------------------------------------------- BearSSL
 bearssl: bearssl/.source
@@ -371,3 +376,230 @@ clean:
 
 distclean: clean
 	rm -rf bearssl bearssl.tmp.*
+
+# ---------------------------------------------------------------------------- cross, initramfs
+# make cross            static musl binaries for other CPUs: dotproxy-aarch64, dotproxy-armhf,
+#                       dotproxy-mips (big-endian), dotproxy-mipsel. Debian's cross compilers
+#                       (gcc-<triplet>) with musl built per target from its release tarball
+#                       (Debian's orig tarball of musl, fetched like BearSSL's, or MUSL_TARBALL /
+#                       MUSL_SRC), into build/musl-<arch>/; BearSSL per target as usual.
+# make test-cross       make cross, then run each binary under qemu-user against the test DoT
+#                       upstream (tests/test_cross.py)
+# make test-initramfs   boot an initramfs (busybox + ./dotproxy) with Debian's kernel under
+#                       qemu-system-x86_64 and resolve through it (tests/test_initramfs.py)
+# Variables: CROSS_ARCHES (default: all four), MUSL_TARBALL=musl-1.2.3.tar.gz, MUSL_SRC=dir.
+CROSS_ARCHES ?= aarch64 armhf mips mipsel
+CROSS_aarch64 := aarch64-linux-gnu
+CROSS_armhf   := arm-linux-gnueabihf
+CROSS_mips    := mips-linux-gnu
+CROSS_mipsel  := mipsel-linux-gnu
+CROSS_BINS    := $(addprefix dotproxy-,$(CROSS_ARCHES))
+MUSL_VERSION  := 1.2.3
+# musl-1.2.3.tar.gz from musl.libc.org; Debian's musl_1.2.3.orig.tar.gz is the same file.
+MUSL_SHA256   := 7d5b0b6062521e4627e099e4c9dc8248d32a30285e959b7eecaa780cf8cfd4a4
+MUSL_TARBALL  ?=
+MUSL_SRC      ?=
+
+.PHONY: cross test-cross test-initramfs clean-cross distclean-cross
+
+cross: $(CROSS_BINS)
+	@for f in $(CROSS_BINS); do printf '%-18s %7s bytes  %s\n' "$$f" "$$(wc -c < $$f)" \
+		"$$(file -b $$f 2>/dev/null | cut -d, -f1-2)"; done
+
+test-cross:
+	@sh tests/deps.sh test
+	@sh tests/deps.sh cross
+	@$(MAKE) --no-print-directory DEPS_CHECKED=1 dotproxy cross
+	DOTPROXY=$(CURDIR)/dotproxy DOTPROXY_CROSS=1 $(PYTHON) -m pytest -q tests/test_cross.py
+
+test-initramfs:
+	@sh tests/deps.sh test
+	@sh tests/deps.sh initramfs
+	@$(MAKE) --no-print-directory DEPS_CHECKED=1 dotproxy
+	DOTPROXY=$(CURDIR)/dotproxy DOTPROXY_INITRAMFS=1 $(PYTHON) -m pytest -q tests/test_initramfs.py
+
+# musl for one target, installed into build/musl-<arch>/ with its musl-gcc wrapper (a gcc specs
+# file pointing the cross gcc at musl's headers, crt files and libc.a).
+build/musl-src/.source:
+	@MUSL_TARBALL=$(call sq,$(MUSL_TARBALL)) MUSL_SRC=$(call sq,$(MUSL_SRC)) \
+	MUSL_VERSION=$(MUSL_VERSION) MUSL_SHA256=$(MUSL_SHA256) sh -ec "$$FETCH_MUSL_SH"
+
+build/musl-%/.installed: build/musl-src/.source
+	@sh tests/deps.sh cross
+	@rm -rf build/musl-$*.obj build/musl-$*
+	@mkdir -p build/musl-$*.obj
+	@echo "  MUSL    build/musl-$* ($(CROSS_$*)-gcc)"
+	$(Q)cd build/musl-$*.obj && ../musl-src/configure --target=$(CROSS_$*) \
+		CC=$(CROSS_$*)-gcc CROSS_COMPILE=$(CROSS_$*)- CFLAGS='-Os $(NO_UNWIND)' \
+		--prefix=$(CURDIR)/build/musl-$* --disable-shared --enable-wrapper=gcc >configure.log
+	$(Q)$(MAKE) -C build/musl-$*.obj -s install >build/musl-$*.log 2>&1 || \
+		{ tail -n 30 build/musl-$*.log >&2; exit 1; }
+	@rm -rf build/musl-$*.obj build/musl-$*.log
+	@touch $@
+
+.SECONDARY: $(foreach a,$(CROSS_ARCHES),build/musl-$(a)/.installed)
+
+# Same compile as ./dotproxy, with the target's musl-gcc and its own BearSSL build dir.
+$(CROSS_BINS): dotproxy-%: dotproxy.c anchors.inc build/musl-%/.installed FORCE
+	@$(MAKE) --no-print-directory DEPS_CHECKED=1 CC=$(CURDIR)/build/musl-$*/bin/musl-gcc \
+		AR=$(CROSS_$*)-ar TARGET=cross-$* bearssl/build/cross-$*/libbearssl.a
+	@v=$(call sq,$(CROSS_$*) $(CPPFLAGS) $(DEFS) $(CFLAGS) $(LDFLAGS)); \
+	if [ "$$(cat build/$@.flags 2>/dev/null)" != "$$v" ] || [ ! -f $@ ] || \
+	   [ -n "$$(find dotproxy.c anchors.inc bearssl/build/cross-$*/libbearssl.a -newer $@)" ]; then \
+		echo "  CC      $@"; \
+		build/musl-$*/bin/musl-gcc $(CPPFLAGS) $(DEFS) $(INCLUDES) $(CFLAGS) -o $@ dotproxy.c \
+			bearssl/build/cross-$*/libbearssl.a $(LDFLAGS) && printf '%s\n' "$$v" > build/$@.flags; \
+	fi
+
+clean: clean-cross
+clean-cross:
+	rm -f $(addprefix dotproxy-,aarch64 armhf mips mipsel) build/dotproxy-*.flags
+	rm -rf build/initramfs build/musl-*.obj
+
+distclean: distclean-cross
+distclean-cross:
+	rm -rf build
+
+# Fetch musl's source into build/musl-src: MUSL_SRC (a tree), MUSL_TARBALL (the release tarball),
+# or Debian's source package (its orig tarball is the release tarball), always checked against
+# MUSL_SHA256. The Debian way works like BearSSL's: a private deb-src list derived from the
+# machine's apt sources and private apt state; the system's apt configuration is not touched.
+define fetch_musl_sh
+dest=build/musl-src
+mkdir -p build
+work="$PWD/build/musl-src.tmp.$$"
+rm -rf "$work" "$dest"
+mkdir -p "$work"
+trap 'rm -rf "$work"' EXIT
+tgz="$work/musl-$MUSL_VERSION.tar.gz"
+if [ -n "$MUSL_SRC" ]; then
+	[ -f "$MUSL_SRC/configure" ] && [ -d "$MUSL_SRC/arch/mips" ] || { echo "musl: MUSL_SRC=$MUSL_SRC is not a musl tree" >&2; exit 1; }
+	mkdir "$work/tree"
+	(cd "$MUSL_SRC" && tar cf - --exclude=./.git .) | (cd "$work/tree" && tar xf -)
+	echo "dir $(cd "$MUSL_SRC" && pwd)" > "$work/tree/.source"
+	mv "$work/tree" "$dest"
+	exit 0
+elif [ -n "$MUSL_TARBALL" ]; then
+	cp "$MUSL_TARBALL" "$tgz"
+	from=$MUSL_TARBALL
+else
+	command -v apt-get >/dev/null 2>&1 && command -v dpkg-source >/dev/null 2>&1 ||
+		{ echo "musl: needs apt-get and dpkg-source (dpkg-dev), or MUSL_TARBALL=/path/to/musl-$MUSL_VERSION.tar.gz" >&2; exit 1; }
+	apt="$work/apt"
+	mkdir -p "$apt/sources.list.d" "$apt/lists/partial" "$apt/cache/archives/partial" "$work/deb"
+	: > "$apt/sources.list"
+	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+		[ -f "$f" ] || continue
+		sed -n -E 's/^[[:space:]]*deb[[:space:]]+/deb-src /p' "$f" > "$apt/sources.list.d/$(basename "$f" | tr / _).list"
+	done
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[ -f "$f" ] || continue
+		sed -E 's/^Types:.*/Types: deb-src/' "$f" > "$apt/sources.list.d/$(basename "$f")"
+	done
+	set -- -o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/sources.list.d" \
+		-o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "APT::Sandbox::User=root"
+	if [ "$(id -u)" != 0 ]; then set -- "$@" -o "Debug::NoLocking=1"; fi
+	echo "musl: apt-get source --download-only musl (temporary deb-src list, system apt state untouched)"
+	apt-get "$@" -qq update || echo "musl: apt-get update reported errors, trying anyway" >&2
+	(cd "$work/deb" && apt-get "$@" -q -qq source --download-only musl) || exit 1
+	mv "$work/deb/musl_$MUSL_VERSION.orig.tar.gz" "$tgz" || exit 1
+	from="Debian musl_$MUSL_VERSION.orig.tar.gz"
+fi
+got=$(sha256sum "$tgz" | cut -d ' ' -f 1)
+if [ "$got" != "$MUSL_SHA256" ]; then
+	echo "musl: CHECKSUM MISMATCH for $from" >&2
+	echo "musl:   expected sha256 $MUSL_SHA256" >&2
+	echo "musl:   got      sha256 $got" >&2
+	exit 1
+fi
+mkdir "$work/x"
+tar xzf "$tgz" -C "$work/x"
+mv "$work/x/musl-$MUSL_VERSION" "$work/tree"
+echo "tarball $from sha256=$got" > "$work/tree/.source"
+mv "$work/tree" "$dest"
+echo "musl: $dest from $from"
+endef
+build/musl-src/.source: export FETCH_MUSL_SH = $(value fetch_musl_sh)
+
+# ---------------------------------------------------------------------------- fuzz, sanitizers
+# make fuzz             libFuzzer harnesses tests/fuzz/fuzz_*.c (clang, ASan + UBSan) into build/fuzz/:
+#                       replays tests/fuzz/regress/<harness>-* (known crashes, fixed or not), then
+#                       fuzzes each for FUZZ_SECONDS (default 60) from its seeds tests/fuzz/corpus/<h>/
+#                       (new inputs go to build/fuzz/work/<h>/, crashes to build/fuzz/<h>-crash-*)
+# make fuzz-build       build the harnesses only
+# make test-asan        dotproxy and tests/unit built with clang -fsanitize=address,undefined against
+#                       the host BearSSL (build/dotproxy-asan, build/unit-asan), then the unit tests and
+#                       the pytest suite against it (DOTPROXY_SANITIZED=1: tests that need the static
+#                       binary skip); any sanitizer report (build/asan/*) fails it
+# make test-valgrind    build/dotproxy-host (gcc -g -O1, glibc, dynamic) under valgrind: tests/test_valgrind.py
+# Variables: FUZZ_CC (clang), FUZZ_SECONDS, FUZZ_HARNESSES, SAN_CC (clang), PYTEST_ARGS.
+FUZZ_CC        ?= clang
+SAN_CC         ?= clang
+FUZZ_SECONDS   ?= 60
+FUZZ_HARNESSES ?= fuzz_query fuzz_tcp fuzz_answer fuzz_specs fuzz_cert
+FUZZ_FLAGS     := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+                  -fno-sanitize-recover=undefined
+SAN_FLAGS      := -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+                  -fno-sanitize-recover=undefined
+# ASan: no leak check at exit (see tests/fuzz/README.md: nothing is freed on purpose, all of it
+# reachable from g); every report to build/asan/<pid>, which must stay empty.
+SAN_ENV         = ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path=$(CURDIR)/build/asan/asan \
+                  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(CURDIR)/build/asan/ubsan
+PYTEST_ARGS    ?=
+
+.PHONY: fuzz fuzz-build test-asan test-valgrind
+
+fuzz-build: $(addprefix build/fuzz/,$(FUZZ_HARNESSES))
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h dotproxy.c anchors.inc $(HOST_LIB) | deps
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c99 $(DEFS) -I. $(INCLUDES) -o $@ $< $(HOST_LIB)
+
+fuzz: fuzz-build
+	@set -e; for h in $(FUZZ_HARNESSES); do \
+		regress=$$(ls tests/fuzz/regress/$$h-* 2>/dev/null || true); \
+		if [ -n "$$regress" ]; then \
+			echo "fuzz: $$h: replaying $$(echo $$regress | wc -w) regression input(s)"; \
+			build/fuzz/$$h $$regress >build/fuzz/$$h.regress.log 2>&1 || \
+				{ tail -n 40 build/fuzz/$$h.regress.log; exit 1; }; \
+		fi; \
+		mkdir -p build/fuzz/work/$$h; \
+		echo "fuzz: $$h for $(FUZZ_SECONDS) s"; \
+		build/fuzz/$$h -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
+			$$(case $$h in fuzz_answer) echo -max_len=16384;; fuzz_cert) echo -max_len=8192;; esac) \
+			-artifact_prefix=build/fuzz/$$h-crash- \
+			build/fuzz/work/$$h tests/fuzz/corpus/$$h >build/fuzz/$$h.log 2>&1 || \
+			{ tail -n 60 build/fuzz/$$h.log; echo "fuzz: $$h FAILED (input: build/fuzz/$$h-crash-*)"; exit 1; }; \
+		grep -E '^#[0-9]+[[:space:]]+DONE' build/fuzz/$$h.log | sed "s/^/fuzz: $$h: /"; \
+		grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec' build/fuzz/$$h.log | \
+			sed "s/^/fuzz: $$h: /"; \
+	done
+
+build/dotproxy-asan: dotproxy.c anchors.inc $(HOST_LIB) | deps
+	@mkdir -p $(@D)
+	$(SAN_CC) $(SAN_FLAGS) -std=c99 -Wall $(DEFS) $(INCLUDES) -o $@ dotproxy.c $(HOST_LIB)
+
+build/unit-asan: tests/unit.c dotproxy.c anchors.inc $(HOST_LIB) $(wildcard tests/*.h) | deps
+	@mkdir -p $(@D)
+	$(SAN_CC) $(SAN_FLAGS) -std=c99 $(DEFS) -DDOTPROXY_NO_MAIN= -Itests -I. $(INCLUDES) \
+		-o $@ tests/unit.c $(HOST_LIB)
+
+# The same code built the ordinary way for glibc (valgrind knows glibc best).
+build/dotproxy-host: dotproxy.c anchors.inc $(HOST_LIB) | deps
+	@mkdir -p $(@D)
+	$(HOSTCC) -g -O1 -std=c99 $(DEFS) $(INCLUDES) -o $@ dotproxy.c $(HOST_LIB)
+
+test-asan: build/dotproxy-asan build/unit-asan
+	@sh tests/deps.sh test
+	@rm -rf build/asan && mkdir -p build/asan
+	$(SAN_ENV) build/unit-asan
+	$(SAN_ENV) DOTPROXY=$(CURDIR)/build/dotproxy-asan DOTPROXY_SANITIZED=1 \
+		$(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
+	@if [ -n "$$(ls build/asan)" ]; then head -n 60 build/asan/*; \
+		echo "test-asan: sanitizer reports in build/asan/"; exit 1; fi
+	@echo "test-asan: no sanitizer reports"
+
+test-valgrind: build/dotproxy-host
+	@sh tests/deps.sh test
+	DOTPROXY=$(CURDIR)/dotproxy DOTPROXY_HOST=$(CURDIR)/build/dotproxy-host \
+		$(PYTHON) -m pytest -q tests/test_valgrind.py

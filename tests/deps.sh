@@ -1,5 +1,5 @@
 #!/bin/sh
-# tests/deps.sh build|test
+# tests/deps.sh build|test|cross|initramfs
 #
 # Checks that what building (build) or building and testing (test) dotproxy needs is
 # installed. As root on a machine with apt-get, installs what is missing; otherwise prints
@@ -8,14 +8,22 @@
 #   build: musl-gcc (musl-tools), make, gcc + libc headers (for the host tool brssl), ar
 #          (binutils), and dpkg-dev when BearSSL is still to be fetched from Debian.
 #   test:  build's, plus unbound, dig (dnsutils), kdig (knot-dnsutils), openssl, ps (procps), ip (iproute2),
-#          /usr/bin/python3 with the modules dns (python3-dnspython) and pytest (python3-pytest).
+#          /usr/bin/python3 with the modules dns (python3-dnspython), pytest (python3-pytest)
+#          and yaml (python3-yaml); shellcheck, systemd-analyze (systemd) for the deployment files;
+#          clang with its sanitizer and libFuzzer runtimes (clang, libclang-rt-dev) for make fuzz
+#          and make test-asan, and valgrind (tests/test_valgrind.py).
+#   cross: (make cross, make test-cross) build's, plus Debian's cross compilers for aarch64,
+#          armhf, mips and mipsel, dpkg-dev (musl's source), qemu-user-static.
+#   initramfs: (make test-initramfs) a static busybox (busybox-static), qemu-system-x86_64
+#          (qemu-system-x86) and a Debian kernel with its modules (linux-image-cloud-amd64,
+#          unless /boot already has a vmlinuz whose /lib/modules tree exists).
 set -eu
 
 mode=${1:-build}
 case $mode in
-build | test) ;;
+build | test | cross | initramfs) ;;
 *)
-	echo "usage: $0 build|test" >&2
+	echo "usage: $0 build|test|cross|initramfs" >&2
 	exit 2
 	;;
 esac
@@ -62,7 +70,47 @@ check() {
 		need python3 test -x /usr/bin/python3
 		need python3-dnspython /usr/bin/python3 -c 'import dns.message'
 		need python3-pytest /usr/bin/python3 -c 'import pytest'
+		need python3-yaml /usr/bin/python3 -c 'import yaml'
+		need shellcheck have shellcheck
+		need systemd have systemd-analyze
+		need clang have clang
+		need libclang-rt-dev clang_fuzzer_runtime
+		need valgrind have valgrind
 	fi
+	if [ "$mode" = cross ]; then
+		for t in aarch64-linux-gnu arm-linux-gnueabihf mips-linux-gnu mipsel-linux-gnu; do
+			need "gcc-$t" have "$t-gcc"
+		done
+		need dpkg-dev have dpkg-source
+		need qemu-user-static have qemu-mips-static
+	fi
+	if [ "$mode" = initramfs ]; then
+		need busybox-static busybox_static
+		need qemu-system-x86 have qemu-system-x86_64
+		need linux-image-cloud-amd64 kernel_with_modules
+	fi
+}
+
+# clang's libFuzzer and ASan runtimes (libclang-rt-dev pulls in the current version's).
+clang_fuzzer_runtime() {
+	for f in /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a \
+		/usr/lib/llvm-*/lib/clang/*/lib/*/libclang_rt.fuzzer*.a; do
+		[ -f "$f" ] && return 0
+	done
+	return 1
+}
+
+# A statically linked /bin/busybox (the busybox package's is dynamic).
+busybox_static() {
+	[ -x /bin/busybox ] && dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'
+}
+
+# Some /boot/vmlinuz-VERSION with /lib/modules/VERSION/modules.dep.
+kernel_with_modules() {
+	for k in /boot/vmlinuz-*; do
+		[ -f "/lib/modules/${k#/boot/vmlinuz-}/modules.dep" ] && return 0
+	done
+	return 1
 }
 
 check
