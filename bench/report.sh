@@ -117,7 +117,7 @@ END {
 		for (j = 1; j <= 2; j++) {
 			if (has["hit", P[j]])
 				printf "- hit qps above %s\047s: %d vs %d (× %s) %s\n", label(P[j]), hq, v("hit", P[j], "qps"), \
-					ratio(hq, v("hit", P[j], "qps")), mark(hq > v("hit", P[j], "qps"))
+					ratio(hq, v("hit", P[j], "qps")), mark(hq > v("hit", P[j], "qps") + 0)
 			else printf "- hit qps above %s\047s: not measured (not installed)\n", label(P[j])
 		}
 		if (has["hit", "unbound"]) {
