@@ -233,6 +233,39 @@ bearssl/.source: | deps
 	sh -ec "$$FETCH_BEARSSL_SH"
 	@echo "bearssl: fetched from $$(cat $@)"
 
+# Shared by the BearSSL and musl fetches (a POSIX shell fragment put in front of each script):
+# apt_private_setup makes $work/apt, a deb-src list derived from the machine's own apt sources
+# (one-line .list and deb822 .sources) with private lists and cache; apt_private runs apt-get
+# with it through -o Dir::Etc::... options. The system's apt configuration and package lists
+# are never touched, and no mirror is named here.
+define apt_private_sh
+apt_private_setup() {
+	apt="$work/apt"
+	mkdir -p "$apt/sources.list.d" "$apt/lists/partial" "$apt/cache/archives/partial" || return 1
+	: > "$apt/sources.list" || return 1
+	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+		[ -f "$f" ] || continue
+		sed -n -E 's/^[[:space:]]*deb[[:space:]]+/deb-src /p' "$f" > "$apt/sources.list.d/$(basename "$f" | tr / _).list"
+	done
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[ -f "$f" ] || continue
+		sed -E 's/^Types:.*/Types: deb-src/' "$f" > "$apt/sources.list.d/$(basename "$f")"
+	done
+}
+apt_private() {
+	set -- -o "Dir::Etc::SourceList=$work/apt/sources.list" -o "Dir::Etc::SourceParts=$work/apt/sources.list.d" \
+		-o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache" -o "APT::Sandbox::User=root" "$@"
+	if [ "$(id -u)" != 0 ]; then
+		set -- -o "Debug::NoLocking=1" "$@"
+	fi
+	apt-get "$@"
+}
+endef
+define nl
+
+
+endef
+
 # A plain POSIX shell script, passed verbatim (no make expansion) through the environment.
 define fetch_bearssl_sh
 dest=bearssl
@@ -294,25 +327,10 @@ fetch_debian() {
 		echo "bearssl: the Debian way needs apt-get and dpkg-source (package dpkg-dev)" >&2
 		return 1
 	fi
-	apt="$work/apt"
-	mkdir -p "$apt/sources.list.d" "$apt/lists/partial" "$apt/cache/archives/partial" "$work/deb" || return 1
-	: > "$apt/sources.list" || return 1
-	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-		[ -f "$f" ] || continue
-		sed -n -E 's/^[[:space:]]*deb[[:space:]]+/deb-src /p' "$f" > "$apt/sources.list.d/$(basename "$f" | tr / _).list"
-	done
-	for f in /etc/apt/sources.list.d/*.sources; do
-		[ -f "$f" ] || continue
-		sed -E 's/^Types:.*/Types: deb-src/' "$f" > "$apt/sources.list.d/$(basename "$f")"
-	done
-	set -- -o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/sources.list.d" \
-		-o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "APT::Sandbox::User=root"
-	if [ "$(id -u)" != 0 ]; then
-		set -- "$@" -o "Debug::NoLocking=1"
-	fi
+	apt_private_setup && mkdir -p "$work/deb" || return 1
 	echo "bearssl: apt-get source bearssl (temporary deb-src list, system apt state untouched)"
-	apt-get "$@" -qq update || echo "bearssl: apt-get update reported errors, trying anyway" >&2
-	(cd "$work/deb" && apt-get "$@" -q source bearssl) || return 1
+	apt_private -qq update || echo "bearssl: apt-get update reported errors, trying anyway" >&2
+	(cd "$work/deb" && apt_private -q source bearssl) || return 1
 	got=$(sha256sum "$work/deb/$BEARSSL_DEBIAN_ORIG" 2>/dev/null | cut -d ' ' -f 1)
 	if [ "$got" != "$BEARSSL_DEBIAN_SHA256" ]; then
 		echo "bearssl: Debian's $BEARSSL_DEBIAN_ORIG is not the expected one" >&2
@@ -367,7 +385,7 @@ mkdir -p "$tree/build"
 mv "$work/source" "$tree/.source"
 mv "$tree" "$dest"
 endef
-bearssl/.source: export FETCH_BEARSSL_SH = $(value fetch_bearssl_sh)
+bearssl/.source: export FETCH_BEARSSL_SH = $(value apt_private_sh)$(nl)$(value fetch_bearssl_sh)
 
 # ---------------------------------------------------------------------------- clean
 clean:
@@ -485,23 +503,10 @@ elif [ -n "$MUSL_TARBALL" ]; then
 else
 	command -v apt-get >/dev/null 2>&1 && command -v dpkg-source >/dev/null 2>&1 ||
 		{ echo "musl: needs apt-get and dpkg-source (dpkg-dev), or MUSL_TARBALL=/path/to/musl-$MUSL_VERSION.tar.gz" >&2; exit 1; }
-	apt="$work/apt"
-	mkdir -p "$apt/sources.list.d" "$apt/lists/partial" "$apt/cache/archives/partial" "$work/deb"
-	: > "$apt/sources.list"
-	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-		[ -f "$f" ] || continue
-		sed -n -E 's/^[[:space:]]*deb[[:space:]]+/deb-src /p' "$f" > "$apt/sources.list.d/$(basename "$f" | tr / _).list"
-	done
-	for f in /etc/apt/sources.list.d/*.sources; do
-		[ -f "$f" ] || continue
-		sed -E 's/^Types:.*/Types: deb-src/' "$f" > "$apt/sources.list.d/$(basename "$f")"
-	done
-	set -- -o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/sources.list.d" \
-		-o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "APT::Sandbox::User=root"
-	if [ "$(id -u)" != 0 ]; then set -- "$@" -o "Debug::NoLocking=1"; fi
+	apt_private_setup && mkdir -p "$work/deb" || exit 1
 	echo "musl: apt-get source --download-only musl (temporary deb-src list, system apt state untouched)"
-	apt-get "$@" -qq update || echo "musl: apt-get update reported errors, trying anyway" >&2
-	(cd "$work/deb" && apt-get "$@" -q -qq source --download-only musl) || exit 1
+	apt_private -qq update || echo "musl: apt-get update reported errors, trying anyway" >&2
+	(cd "$work/deb" && apt_private -q -qq source --download-only musl) || exit 1
 	mv "$work/deb/musl_$MUSL_VERSION.orig.tar.gz" "$tgz" || exit 1
 	from="Debian musl_$MUSL_VERSION.orig.tar.gz"
 fi
@@ -519,7 +524,7 @@ echo "tarball $from sha256=$got" > "$work/tree/.source"
 mv "$work/tree" "$dest"
 echo "musl: $dest from $from"
 endef
-build/musl-src/.source: export FETCH_MUSL_SH = $(value fetch_musl_sh)
+build/musl-src/.source: export FETCH_MUSL_SH = $(value apt_private_sh)$(nl)$(value fetch_musl_sh)
 
 # ---------------------------------------------------------------------------- fuzz, sanitizers
 # make fuzz             libFuzzer harnesses tests/fuzz/fuzz_*.c (clang, ASan + UBSan) into build/fuzz/:
