@@ -138,6 +138,15 @@ def proxy_env(extra=None):
     return env
 
 
+def close_quietly(*socks):
+    """Close sockets that may be closed already or broken (teardown paths)."""
+    for s in socks:
+        try:
+            s.close()
+        except OSError:
+            pass
+
+
 class DotProxy:
     """A running dotproxy.  .proc, .port, .lines (stderr lines), .stop()."""
 
@@ -517,11 +526,7 @@ class CountingRelay:
         except (OSError, ValueError):
             pass
         finally:
-            for s in socks:
-                try:
-                    s.close()
-                except OSError:
-                    pass
+            close_quietly(*socks)
 
     def _on_data(self, conn, from_client, data):
         """Hook: `data` read from the client side (from_client) or the target."""
@@ -534,10 +539,7 @@ class CountingRelay:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            try:
-                s.close()
-            except OSError:
-                pass
+            close_quietly(s)
 
     def stop(self):
         """Stop listening (connects get refused) and close all connections."""
@@ -922,30 +924,16 @@ class FakeDoT:
                     s.unwrap()
                 except (OSError, ssl.SSLError, ValueError):
                     pass
-            try:
-                s.close()
-            except OSError:
-                pass
-            try:
-                raw.close()
-            except OSError:
-                pass
+            close_quietly(s, raw)
 
     def stop(self):
         self._stop.set()
-        try:
-            self._lsock.close()
-        except OSError:
-            pass
+        close_quietly(self._lsock)
         for t in self._threads:
             t.join(2)
         with self._lock:
             socks = list(self._socks)
-        for s in socks:
-            try:
-                s.close()
-            except OSError:
-                pass
+        close_quietly(*socks)
 
 
 # ---------------------------------------------------------------- fake plain-DNS server
@@ -1112,25 +1100,14 @@ class FakePlainDNS:
         except (OSError, dns.exception.DNSException):
             pass
         finally:
-            try:
-                c.close()
-            except OSError:
-                pass
+            close_quietly(c)
 
     def stop(self):
         self._stop.set()
-        for s in (self._us, self._ts):
-            try:
-                s.close()
-            except OSError:
-                pass
+        close_quietly(self._us, self._ts)
         with self._lock:
             conns = list(self._conns)
-        for c in conns:
-            try:
-                c.close()
-            except OSError:
-                pass
+        close_quietly(*conns)
         for t in self._threads:
             t.join(2)
 

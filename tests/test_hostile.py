@@ -10,7 +10,6 @@ Wrong data is recognisable: everything the misbehaving server sends carries 203.
 correct answers are helpers.fake_addr_for(name) (192.0.2.K).  -t 1500 keeps the cases short.
 """
 
-import os
 import random
 import select
 import socket
@@ -24,8 +23,8 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from helpers import (a_addrs, fake_addr_for, free_port, make_query, query_tcp, query_udp,
-                     tcp_connect, tcp_recv_msg, tcp_send_msg, wait_until)
+from helpers import (a_addrs, close_quietly, fake_addr_for, free_port, make_query, query_tcp,
+                     query_udp, tcp_connect, tcp_recv_msg, tcp_send_msg, wait_until)
 
 TIMEOUT_MS = 1500
 SLACK_S = 1.5              # select() granularity, timers, a loaded CI machine
@@ -130,10 +129,7 @@ class ScriptedDoT:
         except (OSError, ssl.SSLError, ValueError):
             pass
         finally:
-            try:
-                s.close()
-            except OSError:
-                pass
+            close_quietly(s)
 
     def _respond(self, s, wire):
         mode = self.mode
@@ -165,17 +161,10 @@ class ScriptedDoT:
 
     def stop(self):
         self._stop.set()
-        try:
-            self._ls.close()
-        except OSError:
-            pass
+        close_quietly(self._ls)
         with self._lock:
             socks = list(self._socks)
-        for s in socks:
-            try:
-                s.close()
-            except OSError:
-                pass
+        close_quietly(*socks)
         for t in self._threads:
             t.join(2)
 
