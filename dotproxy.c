@@ -2182,7 +2182,7 @@ cache_find(const unsigned char *m, size_t qend, uint8_t key, uint32_t hash)
 
 /* Number of free entries (for the counters). */
 static size_t
-loop_free_entries(void)
+cache_free_entries(void)
 {
 	size_t n = 0;
 	int32_t e;
@@ -3472,6 +3472,19 @@ upstream_shutdown(struct upstream *u)
  * the socket refuses is copied into the client's output buffer.
  */
 
+/* Start-up: every slot free, pointing at its own buffers. */
+static void
+client_init(void)
+{
+	size_t i;
+
+	for (i = 0; i < MAX_TCP_CLIENTS; i++) {
+		g.clients[i].fd = -1;
+		g.clients[i].in = g.client_in[i];
+		g.clients[i].out = g.client_out[i];
+	}
+}
+
 static void
 client_close(struct client_conn *c)
 {
@@ -4383,7 +4396,7 @@ loop_log_stats(void)
 	    "entries=%zu evictions=%lu; servfail=%lu; in_flight=%zu "
 	    "tcp_clients=%zu", g.n_udp_queries, g.n_tcp_queries,
 	    g.cache.hits, g.cache.misses, g.cache.stale,
-	    g.cache.n_blocks ? g.cache.n_entries - loop_free_entries() : 0,
+	    g.cache.n_blocks ? g.cache.n_entries - cache_free_entries() : 0,
 	    g.cache.evictions, g.n_servfail, MAX_PENDING - g.n_free,
 	    n_clients);
 	for (i = 0; i < g.n_upstreams && o < sizeof line; i++) {
@@ -5089,6 +5102,17 @@ config_add_allow(const char *spec)
 	g.n_allow++;
 }
 
+/* Without --allow: loopback and the private ranges (trust_default_allow). */
+static void
+config_default_allow(void)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof trust_default_allow /
+	    sizeof trust_default_allow[0]; i++)
+		config_add_allow(trust_default_allow[i]);
+}
+
 /* Parses UID[:GID] (numbers: a scratch image has no /etc/passwd). */
 static int
 config_parse_user(const char *s, long *uid, long *gid)
@@ -5378,11 +5402,7 @@ config_start(const struct start_opts *o)
 	for (i = 0; i < g.n_upstreams; i++)
 		upstream_tls_init(&g.upstreams[i]);
 	pending_init();
-	for (i = 0; i < MAX_TCP_CLIENTS; i++) {
-		g.clients[i].fd = -1;
-		g.clients[i].in = g.client_in[i];
-		g.clients[i].out = g.client_out[i];
-	}
+	client_init();
 	config_signals();
 	if (o->n_listen == 0) {
 		config_add_listener("0.0.0.0@53", 0);
@@ -5391,9 +5411,7 @@ config_start(const struct start_opts *o)
 	for (i = 0; i < o->n_listen; i++)
 		config_add_listener(o->listen_specs[i], 0);
 	if (g.n_allow == 0)
-		for (i = 0; i < sizeof trust_default_allow /
-		    sizeof trust_default_allow[0]; i++)
-			config_add_allow(trust_default_allow[i]);
+		config_default_allow();
 	config_drop_privileges(o->chroot_dir, o->uid, o->gid);
 }
 

@@ -24,8 +24,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	size_t i;
-
 	(void)argc;
 	(void)argv;
 	g.log_level = LOG_ERROR;
@@ -34,14 +32,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	g.now_ms = 1000000;
 	pending_init();
 	cache_init(64 * 1024);
-	for (i = 0; i < MAX_TCP_CLIENTS; i++) {
-		g.clients[i].fd = -1;
-		g.clients[i].in = g.client_in[i];
-		g.clients[i].out = g.client_out[i];
-	}
-	for (i = 0; i < sizeof trust_default_allow /
-	    sizeof trust_default_allow[0]; i++)
-		config_add_allow(trust_default_allow[i]);
+	client_init();
+	config_default_allow();
 	g.n_upstreams = 0;	/* every query: SERVFAIL, no network */
 	return 0;
 }
