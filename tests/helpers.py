@@ -304,8 +304,13 @@ def recv_exact(s, n):
     return buf
 
 
+def tcp_frame(wire):
+    """A DNS message with its 2-byte TCP length prefix (RFC 1035 4.2.2)."""
+    return struct.pack("!H", len(wire)) + wire
+
+
 def tcp_send_msg(s, wire):
-    s.sendall(struct.pack("!H", len(wire)) + wire)
+    s.sendall(tcp_frame(wire))
 
 
 def tcp_recv_msg(s):
@@ -320,6 +325,16 @@ def tcp_exchange(port, wire, host="127.0.0.1", timeout=3.0):
         return tcp_recv_msg(s)
     finally:
         s.close()
+
+
+def txt_strings(resp):
+    """The strings of the TXT records in an answer, sorted."""
+    out = []
+    for rr in resp.answer:
+        if rr.rdtype == dns.rdatatype.TXT:
+            for rd in rr:
+                out.extend(s.decode() for s in rd.strings)
+    return sorted(out)
 
 
 def a_addrs(resp, name=None):

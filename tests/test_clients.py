@@ -8,11 +8,7 @@ qK.x -> 192.0.2.K) unless said otherwise.
 import os
 import random
 import re
-import signal
 import socket
-import struct
-import subprocess
-import threading
 import time
 
 import dns.exception
@@ -22,7 +18,7 @@ import pytest
 
 import helpers
 from helpers import (a_addrs, free_port, make_query, query_tcp, query_udp, run_dotproxy,
-                     tcp_connect, tcp_recv_msg, tcp_send_msg, udp_exchange, wait_until)
+                     tcp_connect, tcp_frame, tcp_recv_msg, tcp_send_msg, udp_exchange)
 
 SANITIZED = bool(os.environ.get("DOTPROXY_SANITIZED"))
 
@@ -136,7 +132,7 @@ def test_pipelining_client_limited_to_64_in_flight(proxies, fake_dot):
         out = b""
         for i in range(200):
             w = make_query("q%d.pipe.test" % (i % 250 + 1), qid=i).to_wire()
-            out += struct.pack("!H", len(w)) + w
+            out += tcp_frame(w)
         s.sendall(out)
         assert fake.wait_queries(64, 1.5), fake.queries
         time.sleep(0.5)             # the stall timeout (-t / 2) is 2 s
@@ -171,7 +167,7 @@ def test_pipelining_client_kept_while_proxy_holds_its_next_frame(proxies, fake_d
         out = b""
         for i in range(100):
             w = make_query("q%d.pipe.test" % (i + 1), qid=i).to_wire()
-            out += struct.pack("!H", len(w)) + w
+            out += tcp_frame(w)
         s.sendall(out)
         assert fake.wait_queries(64, 2), fake.queries
         time.sleep(5.5)                 # past CLIENT_FRAME_MS, before the 6 s stall timeout

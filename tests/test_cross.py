@@ -18,7 +18,7 @@ import pytest
 
 import helpers
 from helpers import (a_addrs, free_port, make_query, query_tcp, query_udp, tcp_connect,
-                     tcp_exchange, tcp_recv_msg, tcp_send_msg, udp_exchange)
+                     tcp_exchange, tcp_recv_msg, tcp_send_msg, txt_strings, udp_exchange)
 
 ENABLED = os.environ.get("DOTPROXY_CROSS") == "1"
 pytestmark = pytest.mark.skipif(not ENABLED, reason="cross binaries: run `make test-cross` "
@@ -54,15 +54,6 @@ def elf_header(path):
     ei_class, ei_data = h[4], h[5]
     machine = struct.unpack("<H" if ei_data == 1 else ">H", h[18:20])[0]
     return ei_class, ei_data, machine
-
-
-def txt_strings(r):
-    out = []
-    for rr in r.answer:
-        if rr.rdtype == dns.rdatatype.TXT:
-            for rd in rr:
-                out.extend(s.decode() for s in rd.strings)
-    return sorted(out)
 
 
 @pytest.fixture(scope="module", params=WANT)

@@ -10,7 +10,6 @@ closed)."""
 
 import socket
 import ssl
-import struct
 import threading
 import time
 
@@ -22,9 +21,9 @@ import dns.query
 import dns.rcode
 import pytest
 
-from helpers import (TlsRecordRelay, a_addrs, fake_addr_for, free_port, make_query,
-                     query_tcp, query_udp, run_dotproxy, tcp_connect, tcp_recv_msg,
-                     tcp_send_msg, wait_until)
+from helpers import (TlsRecordRelay, a_addrs, fake_addr_for, free_port, make_query, query_tcp,
+                     query_udp, run_dotproxy, tcp_connect, tcp_frame, tcp_recv_msg, tcp_send_msg,
+                     wait_until)
 
 NOERROR = dns.rcode.NOERROR
 SERVFAIL = dns.rcode.SERVFAIL
@@ -101,7 +100,7 @@ def test_fake_dot_records_and_modes(fake_dot, relays, pki):
     buf = b""
     for k in range(4):
         w = make_query("Q%d.BeNch" % k, qid=70 + k, use_edns=bool(k % 2)).to_wire()
-        buf += struct.pack("!H", len(w)) + w
+        buf += tcp_frame(w)
     s.sendall(buf)
     got = [dns.message.from_wire(tcp_recv_msg(s)) for _ in range(4)]
     assert [r.id for r in got] == [73, 72, 71, 70]
@@ -171,7 +170,7 @@ def test_pipelined_answers_in_reverse_order_tcp(proxies, fake_dot):
         buf = b""
         for k in range(20, 30):
             w = make_query("q%d.bench" % k, qid=500 + k).to_wire()
-            buf += struct.pack("!H", len(w)) + w
+            buf += tcp_frame(w)
         s.sendall(buf)
         got = {}
         for _ in range(10):
@@ -202,7 +201,7 @@ def test_queries_arriving_together_share_tls_records(proxies, fake_dot, relays):
         buf = b""
         for k in range(20):
             w = make_query("q%d.batch" % (100 + k), qid=k).to_wire()
-            buf += struct.pack("!H", len(w)) + w
+            buf += tcp_frame(w)
         s.sendall(buf)
         got = [dns.message.from_wire(tcp_recv_msg(s)) for _ in range(20)]
     finally:

@@ -24,7 +24,7 @@ import dns.rrset
 import pytest
 
 from helpers import (a_addrs, close_quietly, fake_addr_for, free_port, make_query, query_tcp,
-                     query_udp, tcp_connect, tcp_recv_msg, tcp_send_msg, wait_until)
+                     query_udp, tcp_connect, tcp_frame, tcp_recv_msg, tcp_send_msg, wait_until)
 
 TIMEOUT_MS = 1500
 SLACK_S = 1.5              # select() granularity, timers, a loaded CI machine
@@ -135,7 +135,7 @@ class ScriptedDoT:
         mode = self.mode
         qid = struct.unpack("!H", wire[:2])[0]
         bad = _answer(wire, addr=WRONG_PREFIX + "66")
-        frame = lambda m: struct.pack("!H", len(m)) + m
+        frame = tcp_frame
         if mode == "answer":
             s.sendall(frame(_answer(wire)))
         elif mode == "garbage_short":

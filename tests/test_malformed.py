@@ -10,7 +10,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from helpers import (a_addrs, make_query, query_tcp, query_udp, tcp_connect, udp_exchange)
+from helpers import (a_addrs, make_query, query_tcp, query_udp, tcp_connect, tcp_frame,
+                     udp_exchange)
 
 FORMERR = dns.rcode.FORMERR
 
@@ -130,13 +131,9 @@ TCP_EXPECT_CLOSE = {
 }
 
 
-def _framed(w):
-    return struct.pack("!H", len(w)) + w
-
-
-TCP_EXPECT_CLOSE["framed-label-64"] = _framed(hdr() + qname(b"a" * 64, "test") + TYPE_A_IN)
-TCP_EXPECT_CLOSE["framed-qdcount-0"] = _framed(hdr(qd=0))
-TCP_EXPECT_CLOSE["framed-pointer-loop"] = _framed(hdr() + b"\xc0\x0c" + TYPE_A_IN)
+TCP_EXPECT_CLOSE["framed-label-64"] = tcp_frame(hdr() + qname(b"a" * 64, "test") + TYPE_A_IN)
+TCP_EXPECT_CLOSE["framed-qdcount-0"] = tcp_frame(hdr(qd=0))
+TCP_EXPECT_CLOSE["framed-pointer-loop"] = tcp_frame(hdr() + b"\xc0\x0c" + TYPE_A_IN)
 
 
 @pytest.mark.parametrize("case", sorted(TCP_EXPECT_CLOSE))
@@ -152,10 +149,10 @@ def test_tcp_garbage_closed_or_formerr(proxy, case):
 
 TCP_SEND_AND_CLOSE = {
     "length-65535-then-close": b"\xff\xff" + b"\x00" * 100,
-    "half-message-then-close": _framed(make_query("example.test", "A").to_wire())[:15],
+    "half-message-then-close": tcp_frame(make_query("example.test", "A").to_wire())[:15],
     "one-length-byte-then-close": b"\x00",
     "http-then-close": b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
-    "response-then-close": _framed(dns.message.make_response(make_query("x.test")).to_wire()),
+    "response-then-close": tcp_frame(dns.message.make_response(make_query("x.test")).to_wire()),
 }
 
 
@@ -173,7 +170,7 @@ def test_tcp_reset_with_query_in_flight(proxy):
     late answer must not crash the proxy or go to another client."""
     for i in range(5):
         s = tcp_connect(proxy.port)
-        s.sendall(_framed(make_query("rst%d.bench.test" % i, "A").to_wire()))
+        s.sendall(tcp_frame(make_query("rst%d.bench.test" % i, "A").to_wire()))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
     time.sleep(0.3)

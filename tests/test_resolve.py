@@ -10,7 +10,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from helpers import (a_addrs, make_query, query_tcp, query_udp, tcp_exchange, udp_exchange)
+from helpers import (a_addrs, make_query, query_tcp, query_udp, tcp_exchange, txt_strings,
+                     udp_exchange)
 
 EXAMPLE = {"192.0.2.10", "192.0.2.11"}
 
@@ -133,15 +134,6 @@ def test_opt_in_opt_out(shared_proxy, mode):
 BIG = "big.example.test"
 
 
-def _txt_strings(r):
-    out = []
-    for rr in r.answer:
-        if rr.rdtype == dns.rdatatype.TXT:
-            for rd in rr:
-                out.extend(s.decode() for s in rd.strings)
-    return sorted(out)
-
-
 FULL_TXT = sorted(c * 250 for c in "xyzab")
 
 
@@ -186,7 +178,7 @@ def test_udp_no_truncation_edns_4096(shared_proxy):
     r = dns.message.from_wire(rw)
     assert not r.flags & dns.flags.TC
     assert len(rw) > 1232
-    assert _txt_strings(r) == FULL_TXT
+    assert txt_strings(r) == FULL_TXT
 
 
 @pytest.mark.parametrize("edns", [False, True])
@@ -195,7 +187,7 @@ def test_tcp_full_big_answer(shared_proxy, edns):
     rw = tcp_exchange(shared_proxy.port, q.to_wire(), timeout=3)
     r = dns.message.from_wire(rw)
     assert not r.flags & dns.flags.TC
-    assert _txt_strings(r) == FULL_TXT
+    assert txt_strings(r) == FULL_TXT
     assert (r.edns == 0) == edns
 
 

@@ -3,15 +3,14 @@ towards the upstream (one persistent TLS connection)."""
 
 import random
 import socket
-import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dns.message
 import dns.rcode
 
-from helpers import (a_addrs, make_query, query_tcp, query_udp, tcp_connect, tcp_recv_msg,
-                     tcp_send_msg)
+from helpers import (a_addrs, make_query, query_tcp, query_udp, tcp_connect, tcp_frame,
+                     tcp_recv_msg, tcp_send_msg)
 
 
 def test_tcp_pipelined_20_queries_one_sendall(shared_proxy):
@@ -22,7 +21,7 @@ def test_tcp_pipelined_20_queries_one_sendall(shared_proxy):
         q = make_query(name, "A", qid=1000 + i)
         qs[q.id] = name
         w = q.to_wire()
-        buf += struct.pack("!H", len(w)) + w
+        buf += tcp_frame(w)
     s = tcp_connect(shared_proxy.port, timeout=5)
     try:
         s.sendall(buf)
@@ -46,7 +45,7 @@ def test_tcp_query_split_into_single_bytes(shared_proxy):
     """A framed query arriving one byte per segment is reassembled."""
     q = make_query("split.bench.test", "A", qid=4242)
     w = q.to_wire()
-    data = struct.pack("!H", len(w)) + w
+    data = tcp_frame(w)
     s = tcp_connect(shared_proxy.port, timeout=5)
     try:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -62,7 +61,7 @@ def test_tcp_query_split_into_single_bytes(shared_proxy):
 def test_tcp_two_messages_in_one_segment_then_more(shared_proxy):
     """Query boundaries that do not match segment boundaries."""
     ws = [make_query("seg%d.bench.test" % i, "A", qid=i + 1).to_wire() for i in range(3)]
-    framed = b"".join(struct.pack("!H", len(w)) + w for w in ws)
+    framed = b"".join(tcp_frame(w) for w in ws)
     cut = len(framed) - 7
     s = tcp_connect(shared_proxy.port, timeout=5)
     try:

@@ -1,7 +1,6 @@
 """Upstream failures: certificate validation, unreachable upstream and
 recovery, query timeout, upstream closing the connection."""
 
-import struct
 import time
 
 import dns.message
@@ -9,7 +8,7 @@ import dns.rcode
 import pytest
 
 from helpers import (CountingRelay, a_addrs, free_port, make_query, query_tcp, query_udp,
-                     tcp_connect, tcp_recv_msg, wait_until)
+                     tcp_connect, tcp_frame, tcp_recv_msg, wait_until)
 
 SERVFAIL = dns.rcode.SERVFAIL
 
@@ -198,7 +197,7 @@ def test_queries_in_flight_when_upstream_closes_are_answered(proxies, fake_dot):
         buf = b""
         for i in range(6):
             w = make_query("f%d.example" % i, "A", qid=100 + i).to_wire()
-            buf += struct.pack("!H", len(w)) + w
+            buf += tcp_frame(w)
         s.sendall(buf)
         rs = {}
         for _ in range(6):
