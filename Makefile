@@ -556,7 +556,7 @@ PYTEST_ARGS    ?=
 
 fuzz-build: $(addprefix build/fuzz/,$(FUZZ_HARNESSES))
 
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h dotproxy.c anchors.inc $(HOST_LIB) | deps
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h tests/dnsmsg.h dotproxy.c anchors.inc $(HOST_LIB) | deps
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c99 $(DEFS) -I. $(INCLUDES) -o $@ $< $(HOST_LIB)
 

@@ -16,6 +16,7 @@
 #define DOTPROXY_NO_MAIN
 #include "../../dotproxy.c"
 #include "fuzz_util.h"
+#include "../dnsmsg.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -40,39 +41,17 @@ static unsigned char qwire[NQ][64];
 static size_t qlen[NQ], qend[NQ];
 static struct cache cache0;
 
+/* Query k as its client sent it (ID 0x1000 + k); qend[k] is set. */
 static size_t
-mkquery(unsigned char *m, int k)
+fuzz_query(unsigned char *m, int k)
 {
-	const char *name = queries[k].name;
-	size_t off = DNS_HEADER_BYTES;
+	size_t len = mkquery(m, (uint16_t)(0x1000 + k), queries[k].name,
+	    queries[k].type, queries[k].opt, queries[k].udp_size);
 
-	memset(m, 0, DNS_HEADER_BYTES);
-	put16(m, (uint16_t)(0x1000 + k));	/* the client's ID */
-	m[2] = DNS_FLAG_RD;
-	put16(m + 4, 1);
-	while (*name) {
-		const char *dot = strchr(name, '.');
-		size_t l = dot ? (size_t)(dot - name) : strlen(name);
-
-		m[off++] = (unsigned char)l;
-		memcpy(m + off, name, l);
-		off += l;
-		name += l + (dot ? 1 : 0);
-	}
-	m[off++] = 0;
-	put16(m + off, queries[k].type);
-	put16(m + off + 2, 1);
-	off += 4;
-	qend[k] = off;
-	if (queries[k].opt) {
-		memset(m + off, 0, DNS_OPT_FIXED_BYTES);
-		m[off + 2] = DNS_TYPE_OPT;
-		put16(m + off + 3, queries[k].udp_size);
-		m[off + 7] = queries[k].do_bit ? 0x80 : 0;
-		off += DNS_OPT_FIXED_BYTES;
-		put16(m + 10, 1);
-	}
-	return off;
+	qend[k] = len - (queries[k].opt ? DNS_OPT_FIXED_BYTES : 0);
+	if (queries[k].do_bit)
+		m[len - DNS_OPT_FIXED_BYTES + 7] = 0x80;
+	return len;
 }
 
 int
@@ -90,7 +69,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	cache_init(64 * 1024);
 	cache0 = g.cache;
 	for (k = 0; k < NQ; k++)
-		qlen[k] = mkquery(qwire[k], k);
+		qlen[k] = fuzz_query(qwire[k], k);
 	g.n_listeners = 1;
 	g.listeners[0].udp_fd = -1;	/* a flush sends nothing */
 	g.listeners[0].tcp_fd = -1;
