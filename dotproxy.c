@@ -1183,23 +1183,30 @@ dns_pad_query(unsigned char *m, size_t len, size_t cap, size_t qend,
 static size_t
 dns_strip_padding(unsigned char *m, size_t len, size_t qend)
 {
-	unsigned char opts[MSG_MAX_BYTES];
-	size_t s, e, cut;
-	long n;
+	size_t s, e, o;
 	int r = dns_find_opt(m, len, qend, &s, &e);
 
 	if (r <= 0)
 		return r < 0 ? 0 : len;
-	n = dns_opt_options(m, s, e, opts);
-	if (n < 0)
-		return 0;
-	cut = e - s - DNS_OPT_BYTES - (size_t)n;
-	if (cut == 0)
-		return len;
-	memcpy(m + s + DNS_OPT_BYTES, opts, (size_t)n);
-	put16(m + s + DNS_OPT_BYTES - 2, (unsigned)n);
-	memmove(m + e - cut, m + e, len - e);
-	return len - cut;
+	o = s + DNS_OPT_BYTES;
+	while (o + 4 <= e) {
+		size_t cut = 4u + get16(m + o + 2);
+
+		if (o + cut > e)
+			return 0;
+		if (get16(m + o) != EDNS_OPTION_PADDING) {
+			o += cut;
+			continue;
+		}
+		/* In place: only what follows the option moves (the OPT is
+		 * normally last), and nothing at all without padding. */
+		memmove(m + o, m + o + cut, len - o - cut);
+		len -= cut;
+		e -= cut;
+		put16(m + s + DNS_OPT_BYTES - 2,
+		    get16(m + s + DNS_OPT_BYTES - 2) - (unsigned)cut);
+	}
+	return o == e ? len : 0;
 }
 
 #define DNS_TYPE_SOA		6
@@ -2816,7 +2823,9 @@ upstream_teardown(struct upstream *u)
 	u->fd = -1;
 	u->rlen = 0;
 	u->in_off = u->in_len = 0;
-	for (slot = MAX_PENDING - 1; slot >= 0; slot--) {
+	/* inflight counts this upstream's SENT slots: an idle close (the
+	 * usual case) has none to look for. */
+	for (slot = MAX_PENDING - 1; slot >= 0 && u->inflight > 0; slot--) {
 		struct pending_query *p = &g.pending[slot];
 
 		if (p->state != PENDING_SENT || p->upstream != idx)
