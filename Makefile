@@ -571,7 +571,7 @@ fuzz: fuzz-build
 		mkdir -p build/fuzz/work/$$h; \
 		echo "fuzz: $$h for $(FUZZ_SECONDS) s"; \
 		build/fuzz/$$h -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
-			$$(case $$h in fuzz_answer) echo -max_len=16384;; fuzz_cert) echo -max_len=8192;; esac) \
+			$$(case $$h in fuzz_answer) echo -max_len=16384;; fuzz_cert) echo -max_len=8192;; fuzz_tcp) echo -max_len=70000;; esac) \
 			-artifact_prefix=build/fuzz/$$h-crash- \
 			build/fuzz/work/$$h tests/fuzz/corpus/$$h >build/fuzz/$$h.log 2>&1 || \
 			{ tail -n 60 build/fuzz/$$h.log; echo "fuzz: $$h FAILED (input: build/fuzz/$$h-crash-*)"; exit 1; }; \

@@ -10,31 +10,39 @@
  * One C file, statically linked with musl and BearSSL; trust anchors are
  * compiled in; at run time it needs no file at all.
  *
- *   client --UDP/TCP--> listener --> --allow --> cache hit? --> answer
+ *   client --UDP/TCP--> listener --> --allow --> special-use name? --> answer
+ *                                                      | no
+ *                                                      v
+ *                                                 cache hit? --> answer
  *                                                      | miss
  *                                                      v
  *             forward zone? --plain DNS--> zone server  pending table
- *                                                      |
+ *             (a socket per query)                     |
  *                                     upstream queue (preferred usable one)
  *                                                      | TLS record
  *                                                      v (many queries)
  *   client <--answer-- cache + deliver <-- match ID+question <-- upstream
  *
- * Every query gets a pending-table slot. The slot number (plus a
- * generation and a per-connection XOR key) is the query's ID on the
- * upstream connection, so IDs are unique per connection and an answer is
- * found in O(1). The answer goes back with the client's ID and the
- * client's own spelling of the question.
+ * Every query gets a pending-table slot and is sent as dotproxy builds it
+ * (the client's question and DO/CD/RD bits; none of its EDNS options), with
+ * a random ID that its upstream connection has never used (an ID map per
+ * connection finds the slot in O(1)). The answer is checked (ID and
+ * question), prepared once (only EDE options kept, TTL rules) for the
+ * cache, and goes back with the client's ID and spelling of the question.
+ * TLS sessions are resumed only from a verified handshake with the same
+ * upstream (see "upstream").
  *
  * One select() loop runs everything; nothing blocks; nothing allocates
  * after start-up. Memory is fixed by the limits block below:
  *   upstreams  8 x (BearSSL ~7 KB + I/O 33 KB + input 16 KB + answers
- *              64 KB + pinning 9 KB)
- *   pending    1024 x (~150 bytes + a 2 KB query buffer)
- *   clients    128 x (~90 bytes + 1 KB in + 68 KB out)
- *   zones      16 x ~600 bytes, 16 TCP retries x 64 KB
+ *              64 KB + pinning 9 KB + IDs 12 KB)
+ *   pending    1024 x (~170 bytes + a 1.3 KB query buffer)
+ *   clients    128 x (~100 bytes + 64 KB in + 68 KB out)
+ *   zones      16 x ~600 bytes, 128 UDP sockets, 16 TCP retries x 64 KB
+ *   udp        64 x 4 KB in + 64 x 1.5 KB out, batched
  *   cache      --cache-size bytes (default 256 KB), taken at start-up
- * Buffers live apart from their structs and are touched only when used:
+ * Buffers live apart from their structs and are touched only when used
+ * (a client's pages are given back when it leaves after a big query):
  * resident size is about 350 KB idle and under 1 MB forwarding 200
  * queries at once (cache aside).
  *
@@ -98,13 +106,21 @@
 #define MAX_LISTENERS		8	/* --listen addresses (UDP+TCP each) */
 #define MAX_UPSTREAMS		8	/* --upstream specs */
 #define MAX_ZONES		16	/* --forward-zone specs */
+#define MAX_ZONE_UDP		128	/* zone queries in flight: one socket
+					 * each, so a random source port each
+					 * (RFC 5452 9.2) */
 #define MAX_ZONE_TCP		16	/* TCP retries to zone servers at once */
 #define MAX_ALLOW		32	/* --allow ranges */
 #define MAX_PINS		8	/* SPKI pins per upstream */
 #define PIN_LEAF_MAX_BYTES	8192	/* a pinned server's certificate */
 #define MAX_TCP_CLIENTS		128	/* concurrent TCP client connections */
-#define PENDING_SLOT_BITS	10
-#define MAX_PENDING		(1 << PENDING_SLOT_BITS) /* queries in flight */
+#define MAX_PENDING		1024	/* queries in flight */
+#define ID_MAP_SLOTS		(2 * MAX_PENDING)	/* in-flight IDs of one
+					 * connection: open addressing, at most
+					 * half full */
+#define ID_MAX_USED		32768	/* IDs one connection may use (half of
+					 * them): then it is made anew, so that
+					 * a fresh random ID is found quickly */
 #define MAX_INFLIGHT_PER_CLIENT	64	/* per TCP connection (RFC 7766 6.2.1) */
 #define MAX_ATTEMPTS		3	/* sends of one query before SERVFAIL */
 #define UDP_BATCH		64	/* datagrams per recvmmsg()/sendmmsg() */
@@ -114,17 +130,23 @@
 #define DNS_HEADER_BYTES	12
 #define DNS_NAME_MAX_BYTES	255	/* RFC 1035 3.1, wire form */
 #define DNS_LABEL_MAX_BYTES	63
-#define QUERY_MAX_BYTES		1024	/* longer queries get FORMERR */
+#define UDP_QUERY_MAX_BYTES	4096	/* longer datagrams get TC=1: the
+					 * client asks again over TCP */
 #define MSG_MAX_BYTES		65535	/* TCP length prefix maximum */
 #define UDP_MIN_LIMIT		512	/* RFC 1035 4.2.1, and EDNS floor */
 #define UDP_ADVERTISE_BYTES	1232	/* our OPT size (DNS flag day 2020) */
-#define CLIENT_IN_BYTES		(2 + QUERY_MAX_BYTES + 2)
+#define CLIENT_IN_BYTES		(2 + MSG_MAX_BYTES)	/* any frame (RFC 1035
+					 * 4.2.2); pages used only when needed */
 #define CLIENT_OUT_BYTES	(2 + MSG_MAX_BYTES + 4096)
+#define CLIENT_SMALL_BYTES	8192	/* buffers used past this are given
+					 * back at close (util_release) */
 #define AUTHNAME_MAX_BYTES	253	/* text form of a host name */
 #define PAD_BLOCK_BYTES		128	/* RFC 8467 4.1 query policy; --padding */
 #define PAD_BLOCK_MAX_BYTES	1024
-#define PENDING_QUERY_BYTES	(QUERY_MAX_BYTES + DNS_OPT_BYTES + 4 + \
-				 PAD_BLOCK_MAX_BYTES)	/* padded query */
+#define PENDING_QUERY_BYTES	(DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4 + \
+				 DNS_OPT_BYTES + 4 + PAD_BLOCK_MAX_BYTES)
+					/* the query we send: question, OPT,
+					 * Padding (dns_build_query) */
 #define DNS_OPT_BYTES		11	/* OPT RR without options */
 
 #define CACHE_BLOCK_BYTES	128	/* an answer is a chain of blocks */
@@ -144,6 +166,8 @@
 					 * timeout / 2) with queries in flight
 					 * is dead (half-open after a WAN change) */
 #define CLOSE_TIMEOUT_MS	1000	/* wait for close_notify to go out */
+#define SESSION_MAX_AGE_MS	3600000	/* a TLS session is resumed for an hour
+					 * after its full handshake, no more */
 #define DRAIN_TIMEOUT_MS	5000	/* SIGTERM: finish queries in flight for
 					 * at most this long; --drain-timeout */
 #define CLIENT_IDLE_MS		10000	/* idle TCP client (RFC 7766 6.2.3) */
@@ -158,12 +182,12 @@
 #define DEFAULT_PORT		53
 #define DOT_PORT		853	/* RFC 7858 3.1 */
 
-#if MAX_LISTENERS * 2 + MAX_UPSTREAMS + MAX_ZONES + MAX_ZONE_TCP + \
+#if MAX_LISTENERS * 2 + MAX_UPSTREAMS + MAX_ZONE_UDP + MAX_ZONE_TCP + \
     MAX_TCP_CLIENTS + 16 > FD_SETSIZE
 #error "the limits need more descriptors than select() can watch"
 #endif
-#if MAX_PENDING > 4096
-#error "PENDING_SLOT_BITS leaves too few ID bits for a generation"
+#if MAX_PENDING > 0x7FFF || (ID_MAP_SLOTS & (ID_MAP_SLOTS - 1)) != 0
+#error "ID maps hold int16_t slots and need a power-of-two size"
 #endif
 
 /* ==== types =========================================================== */
@@ -194,7 +218,15 @@ enum upstream_state {
 enum pending_state {
 	PENDING_FREE,		/* on the free stack */
 	PENDING_QUEUED,		/* waiting for its upstream to be READY */
-	PENDING_SENT,		/* written into the TLS engine */
+	PENDING_SENT,		/* written into the TLS engine, or sent to a
+				 * zone server */
+};
+
+/* Where a pending query went: its route says which section owns it. */
+enum route_kind {
+	ROUTE_NONE,		/* detached: about to be answered */
+	ROUTE_UPSTREAM,		/* queued on, or sent to, g.upstreams[idx] */
+	ROUTE_ZONE,		/* sent to g.zones[idx] (UDP, maybe TCP) */
 };
 
 enum origin_kind {
@@ -213,16 +245,17 @@ enum client_state {
 	CLIENT_EOF,		/* client shut down writing; drain and close */
 };
 
-/* What the dns section learns about a query in one pass. */
+/* What the dns section learns about a client's query in one pass. */
 struct dns_query_info {
 	uint16_t id;
-	size_t qend;		/* offset just past QTYPE/QCLASS */
-	uint16_t qtype;
-	int has_opt;		/* client sent an OPT record */
-	int do_bit;		/* DNSSEC OK, from that OPT (RFC 3225) */
-	size_t msg_end;		/* end of the last record: bytes after it
-				 * are dropped */
+	uint16_t qend;		/* just past QTYPE/QCLASS; 0: no question */
+	uint16_t qtype, qclass;
 	uint16_t udp_limit;	/* largest UDP answer the client takes */
+	uint8_t rd;		/* DNS_FLAG_RD or 0, as asked */
+	uint8_t ad, cd;		/* 1 or 0, as asked */
+	uint8_t has_opt;	/* a well-formed OPT record */
+	uint8_t do_bit;		/* its DNSSEC OK bit (RFC 3225) */
+	uint8_t edns_version;
 };
 
 /*
@@ -247,6 +280,18 @@ struct acl_range {
 	unsigned prefix;
 };
 
+/*
+ * The IDs of one upstream connection: which it has used (none is used
+ * twice, so a late answer never meets a newer query), and which pending
+ * slot waits for each ID in flight (open addressing by the ID's low bits:
+ * the IDs are random).
+ */
+struct id_map {
+	uint32_t used[65536 / 32];	/* bit per ID used on the connection */
+	unsigned n_used;
+	int16_t slot[ID_MAP_SLOTS];	/* -1: empty */
+};
+
 struct upstream {
 	enum upstream_state state;
 	int fd;
@@ -261,14 +306,15 @@ struct upstream {
 	int64_t progress_ms;		/* last byte received, or first query
 					 * sent after an idle spell */
 	unsigned backoff_ms;
-	uint16_t id_key;		/* XOR key for IDs on this connection */
 	int queue_head, queue_tail;	/* FIFO of QUEUED pending slots */
-	size_t inject_off;		/* bytes of the head already injected */
 	size_t inflight;		/* SENT slots on this connection */
 	int answered;			/* an answer came on this connection */
 	unsigned long n_queries, n_connects, n_failures, n_resumed;
-	unsigned char offered_sid[32];	/* session ID offered for resumption */
-	size_t offered_sid_len;
+	int has_session;		/* session: from a verified handshake */
+	int session_clock_behind;	/* verified at the build time */
+	int64_t session_ms;		/* its full handshake */
+	br_ssl_session_parameters session;
+	struct id_map ids;		/* IDs of this connection */
 	size_t rlen;			/* bytes of answer stream in rbuf */
 	unsigned char pins[MAX_PINS][32];	/* SHA-256 of SPKI DER */
 	size_t n_pins;
@@ -297,23 +343,20 @@ struct origin {
 
 struct pending_query {
 	enum pending_state state;
-	uint8_t upstream;		/* route: an upstream, or MAX_UPSTREAMS
-					 * + a zone */
+	uint8_t route;			/* enum route_kind ... */
+	uint8_t route_idx;		/* ... and which upstream or zone */
 	uint8_t attempts;
-	uint8_t has_opt;
 	uint8_t cache_key;		/* see cache_key() */
-	int8_t ztcp;			/* zone TCP connection, or -1 */
-	uint16_t gen;			/* bumped on each reuse of the slot */
-	uint16_t up_id;			/* ID on the upstream connection */
-	uint16_t client_id;
-	uint16_t udp_limit;		/* 0 for TCP */
-	uint16_t qlen, qend;
+	int16_t zudp, ztcp;		/* zone UDP socket, TCP connection */
+	uint16_t up_id;			/* ID of the query as sent */
+	uint16_t qlen;
 	int next;			/* upstream FIFO link */
 	int age_prev, age_next;		/* age list, oldest first */
 	int64_t deadline_ms;
+	struct dns_query_info qi;	/* the client's query, as asked */
 	struct origin from;
-	unsigned char *query;		/* g.query_bytes[slot]; ID = up_id once
-				 * sent */
+	unsigned char *query;		/* g.query_bytes[slot]: the query we
+					 * send (dns_build_query) */
 };
 
 struct client_conn {
@@ -326,6 +369,7 @@ struct client_conn {
 	union sockaddr_u peer;		/* for --allow */
 	size_t in_len;
 	size_t out_off, out_len;
+	int big;			/* buffers grew past a page or two */
 	unsigned char *in;		/* g.client_in[slot] */
 	unsigned char *out;		/* g.client_out[slot] */
 };
@@ -348,7 +392,7 @@ struct cache_entry {
 	int32_t lru_prev, lru_next;	/* most recent first */
 	int32_t first;			/* first block, -1 when free */
 	uint16_t len, qend;
-	uint8_t key;			/* DO, CD bits and source */
+	uint8_t key;			/* DO, CD, RD bits and source */
 	int64_t stored_ms;
 	uint32_t ttl_s;			/* lifetime from stored_ms */
 };
@@ -373,10 +417,15 @@ struct zone {
 	char label[DNS_NAME_MAX_BYTES * 2 + INET6_ADDRSTRLEN + 16];
 	union sockaddr_u addr;
 	socklen_t addrlen;
-	int udp_fd;			/* connected to addr */
-	uint16_t id_key;
 	int last_err;			/* errno logged last; 0 = healthy */
 	unsigned long n_queries, n_tcp, n_failures;
+};
+
+/* A zone query in flight over UDP: its own socket, connected to the
+ * zone's server, so the kernel reads only that address and port. */
+struct zone_udp {
+	int fd;				/* -1: free */
+	int slot;			/* pending slot it answers */
 };
 
 /*
@@ -435,18 +484,22 @@ static struct proxy {
 	unsigned char ztcp_bufs[MAX_ZONE_TCP][2 + MSG_MAX_BYTES];
 	const br_x509_trust_anchor *tas;
 	size_t n_tas;
-	struct ratelimit rl_table_full, rl_clients_full, rl_mismatch;
+	struct ratelimit rl_table_full, rl_clients_full, rl_mismatch,
+	    rl_zone_full;
 	struct cache cache;
 	struct zone zones[MAX_ZONES];
 	size_t n_zones;
 	const unsigned char *zone_names[MAX_ZONES];	/* for dns_match_zone */
 	size_t zone_lens[MAX_ZONES];
+	struct zone_udp zudp[MAX_ZONE_UDP];
+	int zudp_free[MAX_ZONE_UDP];	/* free stack of zudp */
+	size_t n_zudp_free;
 	struct zone_tcp ztcp[MAX_ZONE_TCP];
 	struct acl_range allow[MAX_ALLOW];
 	size_t n_allow;
 	unsigned long n_refused;
 	int clock_behind;		/* validating at the build time */
-	unsigned long n_udp_queries, n_tcp_queries, n_servfail;
+	unsigned long n_udp_queries, n_tcp_queries, n_servfail, n_local;
 } g;
 
 static volatile sig_atomic_t g_stop_signal;	/* last SIGTERM/SIGINT */
@@ -586,6 +639,18 @@ util_alloc(size_t n)
 	return p;
 }
 
+/* Gives the whole pages inside [p, p + len) back to the kernel: they
+ * read as zeros, and are resident again only when written. */
+static void
+util_release(void *p, size_t len)
+{
+	uintptr_t page = 4096, a = ((uintptr_t)p + page - 1) & ~(page - 1);
+	uintptr_t e = ((uintptr_t)p + len) & ~(page - 1);
+
+	if (e > a)
+		madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 /* Writes all of buf to fd (a terminal or pipe may take it in parts). */
 static void
 util_write(int fd, const char *buf, size_t len)
@@ -687,11 +752,15 @@ util_parse_uint(const char *s, unsigned long min, unsigned long max,
 	if (*s == '\0')
 		return -1;
 	for (; *s; s++) {
+		unsigned long d = (unsigned long)(*s - '0');
+
 		if (*s < '0' || *s > '9')
 			return -1;
-		v = v * 10 + (unsigned long)(*s - '0');
-		if (v > max)
+		/* Checked before it can wrap: unsigned long has 32 bits on
+		 * the router targets (armhf, mips). */
+		if (d > max || v > (max - d) / 10)
 			return -1;
+		v = v * 10 + d;
 	}
 	if (v < min)
 		return -1;
@@ -719,6 +788,84 @@ util_random(void *buf, size_t len)
 	return 0;
 }
 
+/*
+ * Random numbers for query IDs, many a second: ChaCha20 (RFC 8439)
+ * keystream under a key taken from getrandom(2) at start-up
+ * (util_rand_init), 64 bytes at a time, so no system call per query.
+ */
+static struct {
+	unsigned char key[32];
+	uint32_t counter;
+	size_t left;
+	unsigned char buf[64];
+} util_rng;
+
+static void
+util_rand_init(void)
+{
+	if (util_random(util_rng.key, sizeof util_rng.key) < 0)
+		die("getrandom failed: %s", strerror(errno));
+	util_rng.left = 0;
+}
+
+static uint16_t
+util_rand16(void)
+{
+	static const unsigned char iv[12];
+
+	if (util_rng.left < 2) {
+		memset(util_rng.buf, 0, sizeof util_rng.buf);
+		util_rng.counter = br_chacha20_ct_run(util_rng.key, iv,
+		    util_rng.counter, util_rng.buf, sizeof util_rng.buf);
+		util_rng.left = sizeof util_rng.buf;
+	}
+	util_rng.left -= 2;
+	return get16(util_rng.buf + util_rng.left);
+}
+
+/*
+ * Writes an IP address in text (RFC 5952 for IPv6: lower-case hex, the
+ * longest run of two or more zero groups as "::", an IPv4-mapped address
+ * as ::ffff:1.2.3.4). out MUST hold INET6_ADDRSTRLEN bytes. musl's
+ * inet_ntop would bring its whole printf along (8 KB).
+ */
+static void
+util_ntop(int family, const unsigned char *a, char *out)
+{
+	static const unsigned char mapped[12] = { [10] = 0xFF, [11] = 0xFF };
+	size_t o = 0;
+	int i, best = -1, best_n = 1, run = 0;
+
+	if (family == AF_INET || memcmp(a, mapped, 12) == 0) {
+		if (family != AF_INET)
+			o = util_fmt(out, 8, "::ffff:");
+		util_fmt(out + o, 16, "%u.%u.%u.%u", a[family == AF_INET ? 0 :
+		    12], a[family == AF_INET ? 1 : 13], a[family == AF_INET ? 2 :
+		    14], a[family == AF_INET ? 3 : 15]);
+		return;
+	}
+	for (i = 0; i < 8; i++) {
+		run = a[2 * i] == 0 && a[2 * i + 1] == 0 ? run + 1 : 0;
+		if (run > best_n) {
+			best_n = run;
+			best = i - run + 1;
+		}
+	}
+	for (i = 0; i < 8; i++) {
+		if (i == best) {
+			out[o++] = ':';
+			if (i == 0)
+				out[o++] = ':';
+			i += best_n - 1;
+			continue;
+		}
+		o += util_fmt(out + o, 6, "%x", (unsigned)get16(a + 2 * i));
+		if (i < 7)
+			out[o++] = ':';
+	}
+	out[o] = '\0';
+}
+
 /* Formats an address as "1.2.3.4:53" or "[::1]:53". */
 static void
 util_format_addr(const union sockaddr_u *a, char *out, size_t outlen)
@@ -726,10 +873,10 @@ util_format_addr(const union sockaddr_u *a, char *out, size_t outlen)
 	char ip[INET6_ADDRSTRLEN];
 
 	if (a->sa.sa_family == AF_INET6) {
-		inet_ntop(AF_INET6, &a->sin6.sin6_addr, ip, sizeof ip);
+		util_ntop(AF_INET6, a->sin6.sin6_addr.s6_addr, ip);
 		util_fmt(out, outlen, "[%s]:%u", ip, ntohs(a->sin6.sin6_port));
 	} else {
-		inet_ntop(AF_INET, &a->sin.sin_addr, ip, sizeof ip);
+		util_ntop(AF_INET, (const unsigned char *)&a->sin.sin_addr, ip);
 		util_fmt(out, outlen, "%s:%u", ip, ntohs(a->sin.sin_port));
 	}
 }
@@ -830,24 +977,61 @@ util_br_error_name(int err, char *buf, size_t buflen)
 /*
  * No state, no I/O: every function here takes a buffer and its length and
  * never reads past it. Offsets of 0 mean "malformed" (a valid offset is
- * never 0: names start after the 12-byte header).
+ * never 0: names start after the 12-byte header). One walker steps over
+ * names (dns_walk_name), one over records (dns_iter_next); a message is
+ * summarised in one walk (dns_summarize) for the cache, the TTL rules,
+ * delivery and truncation.
+ *
+ * The EDNS rule (RFC 6891): options are hop-by-hop. A client's options
+ * (a COOKIE, Client Subnet, NSID, keepalive) are never forwarded, and of
+ * an upstream's only Extended DNS Errors (RFC 8914) reach a client.
  */
 
+#define DNS_TYPE_A		1
+#define DNS_TYPE_SOA		6
+#define DNS_TYPE_AAAA		28
 #define DNS_TYPE_OPT		41
+#define DNS_CLASS_IN		1
 #define DNS_RCODE_FORMERR	1
 #define DNS_RCODE_SERVFAIL	2
+#define DNS_RCODE_NXDOMAIN	3
 #define DNS_RCODE_NOTIMP	4
 #define DNS_RCODE_REFUSED	5
+#define DNS_RCODE_BADVERS	16	/* extended: in the OPT (RFC 6891 9) */
 #define DNS_DROP		(-1)	/* dns_parse_query: send nothing */
+#define DNS_REPLY_TC		(-2)	/* dns_make_error: NOERROR, TC=1 */
 #define DNS_FLAG_QR		0x80	/* byte 2 */
 #define DNS_FLAG_AA		0x04	/* byte 2 */
 #define DNS_FLAG_TC		0x02	/* byte 2 */
 #define DNS_FLAG_RD		0x01	/* byte 2 */
 #define DNS_FLAG_RA		0x80	/* byte 3 */
+#define DNS_FLAG_AD		0x20	/* byte 3 */
 #define DNS_FLAG_CD		0x10	/* byte 3 */
-#define DNS_OPT_FIXED_BYTES	DNS_OPT_BYTES	/* root, type, class, TTL,
-					 * RDLEN */
+#define DNS_SEC_AN		0	/* dns_rr.section */
+#define DNS_SEC_NS		1
+#define DNS_SEC_AR		2
+#define DNS_TTL_MAX		0x7FFFFFFFu	/* RFC 2181 8 */
 #define EDNS_OPTION_PADDING	12	/* RFC 7830 */
+#define EDNS_OPTION_EDE		15	/* RFC 8914 */
+#define DNS_LOCAL_TTL_S		10800	/* special-use answers, as unbound */
+#define DNS_QUESTION_MAX_BYTES	(DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4)
+#define DNS_ERROR_MAX_BYTES	(DNS_QUESTION_MAX_BYTES + DNS_OPT_BYTES)
+#define DNS_LOCAL_MAX_BYTES	(DNS_QUESTION_MAX_BYTES + 16 + 28 + 59 + \
+				 DNS_OPT_BYTES)	/* A, AAAA, SOA, OPT */
+
+/* RFC 4343: ASCII letters match without case; no other byte does. */
+static unsigned
+dns_lower(unsigned c)
+{
+	return c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c;
+}
+
+static void
+put32(unsigned char *p, uint32_t v)
+{
+	put16(p, v >> 16);
+	put16(p + 2, v & 0xFFFF);
+}
 
 /*
  * Walks a name at off without following pointers (so no loop is
@@ -893,62 +1077,161 @@ dns_skip_name(const unsigned char *m, size_t len, size_t off)
 }
 
 /*
- * Walks the resource records after the question (at off) and finds the
- * OPT record (RFC 6891 6.1.1: at most one, in the additional section,
- * owner name root). Returns 1 with its bounds, 0 if there is none, -1 if
- * the message is malformed.
+ * The record iterator: every pass over the answer, authority and
+ * additional sections uses it (djbdns dns_packet_skipname and dnsmasq
+ * skip_section are the models). dns_iter_init starts after the question
+ * (qend); dns_iter_next returns 1 with the next record, 0 after the last
+ * (it->off is then the end of the records), -1 if the message is
+ * malformed.
  */
-static int
-dns_find_opt_end(const unsigned char *m, size_t len, size_t off,
-    size_t *opt_start, size_t *opt_end, size_t *msg_end)
+struct dns_rr {
+	size_t start;		/* owner name */
+	size_t hdr;		/* TYPE, CLASS, TTL, RDLENGTH */
+	size_t rdata, end;
+	unsigned section;	/* DNS_SEC_AN, DNS_SEC_NS or DNS_SEC_AR */
+	uint16_t type;
+};
+
+struct dns_iter {
+	const unsigned char *m;
+	size_t len, off;
+	unsigned left[3];	/* records left in each section */
+	unsigned section;
+};
+
+static void
+dns_iter_init(struct dns_iter *it, const unsigned char *m, size_t len,
+    size_t qend)
 {
-	unsigned an = get16(m + 6), ns = get16(m + 8), ar = get16(m + 10);
-	unsigned i, n = an + ns + ar;
-	int found = 0;
-
-	for (i = 0; i < n; i++) {
-		size_t start = off, rdlen;
-
-		off = dns_skip_name(m, len, off);
-		if (off == 0 || off + 10 > len)
-			return -1;
-		rdlen = get16(m + off + 8);
-		if (off + 10 + rdlen > len)
-			return -1;
-		if (get16(m + off) == DNS_TYPE_OPT) {
-			if (found || i < an + ns || m[start] != 0)
-				return -1;
-			found = 1;
-			*opt_start = start;
-			*opt_end = off + 10 + rdlen;
-		}
-		off += 10 + rdlen;
-	}
-	*msg_end = off;
-	return found;
+	it->m = m;
+	it->len = len;
+	it->off = qend;
+	it->left[0] = get16(m + 6);
+	it->left[1] = get16(m + 8);
+	it->left[2] = get16(m + 10);
+	it->section = 0;
 }
 
 static int
-dns_find_opt(const unsigned char *m, size_t len, size_t off,
-    size_t *opt_start, size_t *opt_end)
+dns_iter_next(struct dns_iter *it, struct dns_rr *rr)
 {
-	size_t end;
+	size_t off;
 
-	return dns_find_opt_end(m, len, off, opt_start, opt_end, &end);
+	while (it->section < 3 && it->left[it->section] == 0)
+		it->section++;
+	if (it->section == 3)
+		return 0;
+	it->left[it->section]--;
+	off = dns_skip_name(it->m, it->len, it->off);
+	if (off == 0 || off + 10 > it->len ||
+	    off + 10 + get16(it->m + off + 8) > it->len)
+		return -1;
+	rr->start = it->off;
+	rr->hdr = off;
+	rr->rdata = off + 10;
+	rr->end = rr->rdata + get16(it->m + off + 8);
+	rr->type = get16(it->m + off);
+	rr->section = it->section;
+	it->off = rr->end;
+	return 1;
+}
+
+/* A record's TTL; one with the top bit set counts as 0 (RFC 2181 8). */
+static uint32_t
+dns_rr_ttl(const unsigned char *m, const struct dns_rr *rr)
+{
+	uint32_t ttl = (uint32_t)get16(m + rr->hdr + 4) << 16 |
+	    get16(m + rr->hdr + 6);
+
+	return ttl > DNS_TTL_MAX ? 0 : ttl;
 }
 
 /*
- * Validates a client's query and learns what the proxy needs (ID, end of
- * question, EDNS). Returns 0 to forward it, DNS_DROP to ignore it (too
- * short to answer, or a response: answering responses makes loops), or
- * an RCODE to answer with. qi->qend is set whenever the question parsed,
- * so an error answer can echo it.
+ * What the proxy needs to know about a message's records, found in one
+ * walk from qend: where the sections end, the OPT record (RFC 6891
+ * 6.1.1: at most one, in the additional section, owned by the root), the
+ * smallest TTL, and for a negative answer (NXDOMAIN, or no answer record)
+ * the negative TTL of its SOA, min(TTL, MINIMUM) (RFC 2308 5).
+ */
+struct dns_summary {
+	size_t an_end, ns_end, end;	/* ends of the answer and authority
+					 * sections, and of the last record */
+	size_t opt_start, opt_end;	/* opt_end == 0: no OPT */
+	uint32_t min_ttl;		/* DNS_TTL_MAX: no record but OPT */
+	uint32_t neg_ttl;		/* when has_soa */
+	int negative, has_soa;
+};
+
+/* The MINIMUM field of a SOA record (RFC 1035 3.3.13): past MNAME and
+ * RNAME, the fifth 32-bit number. Returns 0, or -1 if malformed. */
+static int
+dns_soa_minimum(const unsigned char *m, const struct dns_rr *rr,
+    uint32_t *min)
+{
+	size_t p = dns_skip_name(m, rr->end, rr->rdata);
+
+	p = p ? dns_skip_name(m, rr->end, p) : 0;
+	if (p == 0 || p + 20 != rr->end)
+		return -1;
+	*min = (uint32_t)get16(m + p + 16) << 16 | get16(m + p + 18);
+	return 0;
+}
+
+/* Returns 0 with s filled, or -1 if the message is malformed. */
+static int
+dns_summarize(const unsigned char *m, size_t len, size_t qend,
+    struct dns_summary *s)
+{
+	struct dns_iter it;
+	struct dns_rr rr;
+	uint32_t ttl, minimum;
+	int r;
+
+	memset(s, 0, sizeof *s);
+	s->min_ttl = DNS_TTL_MAX;
+	s->negative = (m[3] & 0x0F) == DNS_RCODE_NXDOMAIN || get16(m + 6) == 0;
+	s->an_end = s->ns_end = qend;
+	dns_iter_init(&it, m, len, qend);
+	while ((r = dns_iter_next(&it, &rr)) > 0) {
+		if (rr.section == DNS_SEC_AN)
+			s->an_end = rr.end;
+		if (rr.section != DNS_SEC_AR)
+			s->ns_end = rr.end;
+		if (rr.type == DNS_TYPE_OPT) {
+			if (s->opt_end != 0 || rr.section != DNS_SEC_AR ||
+			    m[rr.start] != 0)
+				return -1;
+			s->opt_start = rr.start;
+			s->opt_end = rr.end;
+			continue;
+		}
+		ttl = dns_rr_ttl(m, &rr);
+		s->min_ttl = ttl < s->min_ttl ? ttl : s->min_ttl;
+		if (s->negative && !s->has_soa && rr.section == DNS_SEC_NS &&
+		    rr.type == DNS_TYPE_SOA &&
+		    dns_soa_minimum(m, &rr, &minimum) == 0) {
+			s->has_soa = 1;
+			s->neg_ttl = minimum < ttl ? minimum : ttl;
+		}
+	}
+	s->end = it.off;
+	return r;
+}
+
+/*
+ * Validates a client's query and learns what the proxy needs (ID, flags,
+ * question, EDNS). Returns 0 to go on, DNS_DROP to ignore it (too short
+ * to answer, or a response: answering responses makes loops), or an
+ * RCODE to answer with at once. qi->qend is set whenever the question
+ * parsed, and qi->has_opt whenever a well-formed OPT was found, so that
+ * an error answer can echo both (RFC 6891 6.1.1).
  */
 static int
 dns_parse_query(const unsigned char *m, size_t len, struct dns_query_info *qi)
 {
-	size_t off, opt_start, opt_end;
-	int r;
+	struct dns_summary s;
+	size_t off = DNS_HEADER_BYTES;
+	unsigned qd, i;
 
 	memset(qi, 0, sizeof *qi);
 	qi->udp_limit = UDP_MIN_LIMIT;
@@ -957,29 +1240,42 @@ dns_parse_query(const unsigned char *m, size_t len, struct dns_query_info *qi)
 	qi->id = get16(m);
 	if (m[2] & DNS_FLAG_QR)
 		return DNS_DROP;
-	if ((m[2] >> 3 & 0x0F) != 0)		/* only QUERY (RFC 1035) */
-		return DNS_RCODE_NOTIMP;
-	if (get16(m + 4) != 1)			/* RFC 9619: exactly one */
+	qi->rd = m[2] & DNS_FLAG_RD;
+	qi->ad = (m[3] & DNS_FLAG_AD) != 0;
+	qi->cd = (m[3] & DNS_FLAG_CD) != 0;
+	qd = get16(m + 4);
+	for (i = 0; i < qd; i++) {
+		off = dns_check_name(m, len, off);
+		if (off == 0 || off + 4 > len)
+			return DNS_RCODE_FORMERR;
+		off += 4;
+		if (qd == 1) {
+			qi->qtype = get16(m + off - 4);
+			qi->qclass = get16(m + off - 2);
+			qi->qend = (uint16_t)off;
+		}
+	}
+	if (dns_summarize(m, len, off, &s) < 0)
 		return DNS_RCODE_FORMERR;
-	off = dns_check_name(m, len, DNS_HEADER_BYTES);
-	if (off == 0 || off + 4 > len)
-		return DNS_RCODE_FORMERR;
-	qi->qtype = get16(m + off);
-	qi->qend = off + 4;
-	if (len > QUERY_MAX_BYTES)
-		return DNS_RCODE_FORMERR;
-	r = dns_find_opt_end(m, len, qi->qend, &opt_start, &opt_end,
-	    &qi->msg_end);
-	if (r < 0)
-		return DNS_RCODE_FORMERR;
-	if (r == 1) {
-		unsigned size = get16(m + opt_start + 3);
+	if (s.opt_end != 0) {
+		unsigned size = get16(m + s.opt_start + 3);
 
 		qi->has_opt = 1;
-		qi->do_bit = (m[opt_start + 7] & 0x80) != 0;
+		qi->edns_version = m[s.opt_start + 6];
+		qi->do_bit = (m[s.opt_start + 7] & 0x80) != 0;
+		/* Larger UDP answers would be sent as IP fragments, which
+		 * are lost or spoofed (DNS flag day 2020): TC=1 instead. */
 		qi->udp_limit = size < UDP_MIN_LIMIT ? UDP_MIN_LIMIT :
+		    size > UDP_ADVERTISE_BYTES ? UDP_ADVERTISE_BYTES :
 		    (uint16_t)size;
 	}
+	if ((m[2] >> 3 & 0x0F) != 0)		/* only QUERY (RFC 1035) */
+		return DNS_RCODE_NOTIMP;
+	if (qd != 1 || (m[2] & DNS_FLAG_TC))	/* RFC 9619: exactly one; a
+						 * cut query, as unbound */
+		return DNS_RCODE_FORMERR;
+	if (qi->edns_version != 0)		/* RFC 6891 6.1.3 */
+		return DNS_RCODE_BADVERS;
 	return 0;
 }
 
@@ -1002,9 +1298,9 @@ dns_parse_answer(const unsigned char *m, size_t len)
 }
 
 /*
- * Compares two questions (name case-insensitively per RFC 4343, type and
- * class exactly). Both MUST have passed dns_check_name, and the lengths
- * are their qend offsets.
+ * Compares two questions: the name's letters without case (RFC 4343),
+ * QTYPE and QCLASS exactly (type 65 is not type 97). Both MUST have
+ * passed dns_check_name, and the lengths are their qend offsets.
  */
 static int
 dns_question_equal(const unsigned char *a, size_t aend,
@@ -1014,293 +1310,348 @@ dns_question_equal(const unsigned char *a, size_t aend,
 
 	if (aend != bend)
 		return 0;
-	for (i = DNS_HEADER_BYTES; i < aend; i++) {
-		unsigned x = a[i], y = b[i];
-
-		if (x >= 'A' && x <= 'Z')
-			x += 'a' - 'A';
-		if (y >= 'A' && y <= 'Z')
-			y += 'a' - 'A';
-		if (x != y)
+	for (i = DNS_HEADER_BYTES; i < aend - 4; i++)
+		if (dns_lower(a[i]) != dns_lower(b[i]))
 			return 0;
-	}
-	return 1;
+	return memcmp(a + aend - 4, b + bend - 4, 4) == 0;
 }
 
 /*
- * Removes the OPT record from a message (for a client that sent none:
- * RFC 6891 7). Returns the new length, or 0 if the message is malformed.
+ * Appends an OPT record at len (RFC 6891 6.1.2): our UDP size, the
+ * extended RCODE, version 0, the DO bit, and RDLENGTH rdlen (the caller
+ * writes the options after it); ARCOUNT counts it. Returns the new
+ * length.
  */
 static size_t
-dns_strip_opt(unsigned char *m, size_t len, size_t qend)
+dns_put_opt(unsigned char *m, size_t len, unsigned ext_rcode, int do_bit,
+    size_t rdlen)
 {
-	size_t s, e;
-	int r = dns_find_opt(m, len, qend, &s, &e);
+	unsigned char *o = m + len;
 
-	if (r < 0)
-		return 0;
-	if (r == 0)
-		return len;
-	memmove(m + s, m + e, len - e);
-	put16(m + 10, get16(m + 10) - 1u);
-	return len - (e - s);
+	o[0] = 0;
+	put16(o + 1, DNS_TYPE_OPT);
+	put16(o + 3, UDP_ADVERTISE_BYTES);
+	o[5] = (unsigned char)ext_rcode;
+	o[6] = 0;
+	o[7] = do_bit ? 0x80 : 0;
+	o[8] = 0;
+	put16(o + 9, (unsigned)rdlen);
+	put16(m + 10, get16(m + 10) + 1u);
+	return len + DNS_OPT_BYTES;
 }
 
 /*
- * Cuts an answer too large for a UDP client down to its header and
- * question with TC=1 (RFC 1035 4.2.1, RFC 7766 5), keeping an OPT record
- * when the client sent one (RFC 6891 7). Works in place; returns the new
- * length. qend is the end of the question.
+ * Builds an answer of dotproxy's own to a query: an RCODE (extended ones
+ * too), or DNS_REPLY_TC. It has the query's ID, opcode, RD and CD, its
+ * question when qi->qend != 0, and an OPT record when the query had a
+ * well-formed one (RFC 6891 6.1.1), with its DO bit (RFC 3225 3). out
+ * MUST hold DNS_ERROR_MAX_BYTES. Returns the length.
  */
 static size_t
-dns_truncate(unsigned char *m, size_t len, size_t qend, int client_opt)
+dns_make_error(unsigned char *out, const unsigned char *query,
+    const struct dns_query_info *qi, int rcode)
 {
-	unsigned char opt[DNS_OPT_FIXED_BYTES] = { 0, 0, DNS_TYPE_OPT };
-	size_t s, e;
-
-	put16(opt + 3, UDP_ADVERTISE_BYTES);
-	if (client_opt && dns_find_opt(m, len, qend, &s, &e) == 1)
-		memcpy(opt + 5, m + s + 5, 4);	/* extended RCODE, DO bit */
-	m[2] |= DNS_FLAG_TC;
-	put16(m + 6, 0);
-	put16(m + 8, 0);
-	put16(m + 10, client_opt ? 1 : 0);
-	if (!client_opt)
-		return qend;
-	memcpy(m + qend, opt, sizeof opt);
-	return qend + sizeof opt;
-}
-
-/*
- * Builds an error answer (FORMERR, SERVFAIL, NOTIMP) to a query: the
- * query's header flags (RD, CD, opcode) and, when qend != 0, its
- * question, plus an OPT record if the client sent one. out MUST hold
- * qend + DNS_OPT_FIXED_BYTES + DNS_HEADER_BYTES bytes. Returns the length.
- */
-static size_t
-dns_make_error(unsigned char *out, const unsigned char *query, size_t qend,
-    uint16_t id, int client_opt, int rcode)
-{
-	size_t len = qend ? qend : DNS_HEADER_BYTES;
+	size_t len = qi->qend ? qi->qend : DNS_HEADER_BYTES;
 
 	memcpy(out, query, len);
-	put16(out, id);
-	out[2] = (unsigned char)(DNS_FLAG_QR | (query[2] & 0x79));
-	out[3] = (unsigned char)(DNS_FLAG_RA | (query[3] & DNS_FLAG_CD) |
-	    (rcode & 0x0F));
-	put16(out + 4, qend ? 1 : 0);
-	put16(out + 6, 0);
-	put16(out + 8, 0);
-	put16(out + 10, 0);
-	if (client_opt && qend) {
-		unsigned char *o = out + len;
-
-		memset(o, 0, DNS_OPT_FIXED_BYTES);
-		o[2] = DNS_TYPE_OPT;
-		put16(o + 3, UDP_ADVERTISE_BYTES);
-		put16(out + 10, 1);
-		len += DNS_OPT_FIXED_BYTES;
+	put16(out, qi->id);
+	out[2] = (unsigned char)(DNS_FLAG_QR | (query[2] & 0x78) | qi->rd);
+	if (rcode == DNS_REPLY_TC) {
+		out[2] |= DNS_FLAG_TC;
+		rcode = 0;
 	}
+	out[3] = (unsigned char)(DNS_FLAG_RA | (qi->cd ? DNS_FLAG_CD : 0) |
+	    (rcode & 0x0F));
+	put16(out + 4, qi->qend ? 1 : 0);
+	memset(out + 6, 0, 6);
+	if (qi->has_opt)
+		len = dns_put_opt(out, len, (unsigned)rcode >> 4, qi->do_bit, 0);
 	return len;
 }
 
 /*
- * Copies the options of the OPT record at [s, e) into out, leaving out any
- * Padding option. Returns their length, or -1 if an option overruns.
- */
-static long
-dns_opt_options(const unsigned char *m, size_t s, size_t e, unsigned char *out)
-{
-	size_t o = s + DNS_OPT_BYTES, n = 0;
-
-	while (o + 4 <= e) {
-		size_t olen = get16(m + o + 2);
-
-		if (o + 4 + olen > e)
-			return -1;
-		if (get16(m + o) != EDNS_OPTION_PADDING) {
-			memcpy(out + n, m + o, 4 + olen);
-			n += 4 + olen;
-		}
-		o += 4 + olen;
-	}
-	return o == e ? (long)n : -1;
-}
-
-/*
- * Pads a query so that its length is a multiple of block (RFC 7830,
- * RFC 8467 4.1: 128 for queries), in place in a buffer of cap bytes. The
- * OPT record the client sent keeps its size, flags and options (an old
- * Padding option is replaced) and moves last; a client without one gets
- * ours (size UDP_ADVERTISE_BYTES, DO clear). A query with other
- * additional records (TSIG must stay last) is left alone. Returns the new
- * length, or 0 if the query is left alone or does not fit: the caller
- * MUST then use the unpadded copy.
+ * Builds the query dotproxy sends for a client's: its question as the
+ * client spelled it, its RD and CD, AD=1 (RFC 6840 5.7: the upstream then
+ * says whether the data is authentic; each client sees AD as its own
+ * query asks), and one OPT record of ours with the client's DO bit and,
+ * when block != 0, Padding to a multiple of block bytes (RFC 7830, RFC
+ * 8467 4.1). Nothing else the client sent goes on: its EDNS options are
+ * for one hop (RFC 7873 cookies, RFC 7871 11.1 Client Subnet), and a TSIG
+ * cannot survive a new ID. The ID is 0 until the query is sent. out MUST
+ * hold PENDING_QUERY_BYTES. Returns the length.
  */
 static size_t
-dns_pad_query(unsigned char *m, size_t len, size_t cap, size_t qend,
-    size_t block)
+dns_build_query(unsigned char *out, const unsigned char *m,
+    const struct dns_query_info *qi, size_t block)
 {
-	unsigned char opt[DNS_OPT_BYTES] = { 0, 0, DNS_TYPE_OPT };
-	unsigned char opts[QUERY_MAX_BYTES];
-	size_t s, e, total, pad;
-	long optslen = 0;
-	int r = dns_find_opt(m, len, qend, &s, &e);
+	size_t len = qi->qend + DNS_OPT_BYTES + 4, pad;
 
-	if (r < 0 || get16(m + 10) != (unsigned)r || len > QUERY_MAX_BYTES)
-		return 0;
-	put16(opt + 3, UDP_ADVERTISE_BYTES);
-	if (r == 1) {
-		memcpy(opt, m + s, DNS_OPT_BYTES - 2);	/* all but RDLEN */
-		optslen = dns_opt_options(m, s, e, opts);
-		if (optslen < 0)
-			return 0;
-		memmove(m + s, m + e, len - e);
-		len -= e - s;
-		put16(m + 10, 0);
-	}
-	total = len + DNS_OPT_BYTES + (size_t)optslen + 4;
-	pad = (block - total % block) % block;
-	if (total + pad > cap)
-		return 0;
-	memcpy(m + len, opt, DNS_OPT_BYTES - 2);
-	put16(m + len + DNS_OPT_BYTES - 2, (unsigned)optslen + 4 + pad);
-	len += DNS_OPT_BYTES;
-	memcpy(m + len, opts, (size_t)optslen);
-	len += (size_t)optslen;
-	put16(m + len, EDNS_OPTION_PADDING);
-	put16(m + len + 2, pad);
-	memset(m + len + 4, 0, pad);
-	put16(m + 10, 1);
+	memcpy(out, m, qi->qend);
+	put16(out, 0);
+	out[2] = qi->rd;
+	out[3] = (unsigned char)(DNS_FLAG_AD | (qi->cd ? DNS_FLAG_CD : 0));
+	memset(out + 6, 0, 6);
+	if (block == 0)
+		return dns_put_opt(out, qi->qend, 0, qi->do_bit, 0);
+	pad = (block - len % block) % block;
+	len = dns_put_opt(out, qi->qend, 0, qi->do_bit, 4 + pad);
+	put16(out + len, EDNS_OPTION_PADDING);
+	put16(out + len + 2, (unsigned)pad);
+	memset(out + len + 4, 0, pad);
 	return len + 4 + pad;
 }
 
 /*
- * Removes the Padding option from an answer's OPT record: padding is for
- * the encrypted hop only, and would cost a UDP client bytes (and TC).
- * Returns the new length, or 0 if the message is malformed.
+ * Keeps only the Extended DNS Error options (RFC 8914) of the OPT record
+ * at [s, e), in place. Padding, NSID, COOKIE, keepalive and the rest
+ * describe one hop and must not cross a proxy (RFC 7828 3.3.2, RFC 5001
+ * 2.2). Returns the new length of the message, or 0 if an option
+ * overruns the record.
  */
 static size_t
-dns_strip_padding(unsigned char *m, size_t len, size_t qend)
+dns_keep_ede(unsigned char *m, size_t len, size_t s, size_t e)
 {
-	size_t s, e, o;
-	int r = dns_find_opt(m, len, qend, &s, &e);
+	size_t o = s + DNS_OPT_BYTES;
 
-	if (r <= 0)
-		return r < 0 ? 0 : len;
-	o = s + DNS_OPT_BYTES;
 	while (o + 4 <= e) {
 		size_t cut = 4u + get16(m + o + 2);
 
 		if (o + cut > e)
 			return 0;
-		if (get16(m + o) != EDNS_OPTION_PADDING) {
+		if (get16(m + o) == EDNS_OPTION_EDE) {
 			o += cut;
 			continue;
 		}
-		/* In place: only what follows the option moves (the OPT is
-		 * normally last), and nothing at all without padding. */
+		/* Only what follows moves: the OPT is normally last. */
 		memmove(m + o, m + o + cut, len - o - cut);
 		len -= cut;
 		e -= cut;
-		put16(m + s + DNS_OPT_BYTES - 2,
-		    get16(m + s + DNS_OPT_BYTES - 2) - (unsigned)cut);
 	}
-	return o == e ? len : 0;
+	if (o != e)
+		return 0;
+	put16(m + s + DNS_OPT_BYTES - 2, (unsigned)(e - s - DNS_OPT_BYTES));
+	return len;
 }
 
-#define DNS_TYPE_SOA		6
-#define DNS_RCODE_NXDOMAIN	3
-#define DNS_TTL_MAX		0x7FFFFFFFu	/* RFC 2181 8 */
-
 /*
- * Rewrites the TTL of every record but OPT: ttl - sub, then clamped to
- * [min, max] (a TTL with the top bit set counts as 0, RFC 2181 8). Used
- * to clamp at insertion, count down at a cache hit and set 30 s on a
+ * Rewrites the TTL of every record but OPT: ttl - sub, clamped to
+ * [min, max]. Counts TTLs down at a cache hit and sets STALE_TTL_S on a
  * stale answer. Returns 0, or -1 if the message is malformed.
  */
 static int
 dns_rewrite_ttls(unsigned char *m, size_t len, size_t qend, uint32_t sub,
     uint32_t min, uint32_t max)
 {
-	unsigned i, n = (unsigned)get16(m + 6) + get16(m + 8) + get16(m + 10);
-	size_t off = qend;
+	struct dns_iter it;
+	struct dns_rr rr;
+	int r;
 
-	for (i = 0; i < n; i++) {
-		uint32_t ttl;
+	dns_iter_init(&it, m, len, qend);
+	while ((r = dns_iter_next(&it, &rr)) > 0) {
+		uint32_t ttl = dns_rr_ttl(m, &rr);
 
-		off = dns_skip_name(m, len, off);
-		if (off == 0 || off + 10 > len ||
-		    off + 10 + get16(m + off + 8) > len)
-			return -1;
-		if (get16(m + off) != DNS_TYPE_OPT) {
-			ttl = (uint32_t)get16(m + off + 4) << 16 |
-			    get16(m + off + 6);
-			if (ttl > DNS_TTL_MAX)
-				ttl = 0;
-			ttl = ttl > sub ? ttl - sub : 0;
-			ttl = ttl < min ? min : ttl > max ? max : ttl;
-			put16(m + off + 4, ttl >> 16);
-			put16(m + off + 6, ttl & 0xFFFF);
-		}
-		off += 10 + get16(m + off + 8);
+		if (rr.type == DNS_TYPE_OPT)
+			continue;
+		ttl = ttl > sub ? ttl - sub : 0;
+		put32(m + rr.hdr + 4, ttl < min ? min : ttl > max ? max : ttl);
 	}
-	return 0;
+	return r;
 }
 
 /*
- * How long an answer may be cached, in seconds: the smallest TTL of its
- * records (OPT aside) for a positive answer; for NXDOMAIN and NODATA the
- * smaller of the SOA's TTL and its MINIMUM field (RFC 2308 5), none
- * without a SOA. Returns 0 for an answer that must not be cached
- * (SERVFAIL, REFUSED, truncated, malformed, no TTL to go by).
+ * Readies an upstream's answer (it MUST have passed dns_parse_answer) for
+ * the cache and every client, in place in a buffer of cap bytes: its OPT
+ * (one of ours is added when it has none and cap allows) keeps only EDE
+ * options (dns_keep_ede), with version 0 and no flag but DO; AA is
+ * cleared (dotproxy is no authority); TTLs are clamped to [min, max];
+ * and in a negative answer each authority record (the SOA, NSEC, ...) has
+ * at most the negative TTL (RFC 2308 3 and 5, RFC 9077), at most
+ * CACHE_NEG_MAX_TTL_S, so clients cache it no longer than dotproxy does.
+ * *ttl is how long it may be cached: its smallest TTL, or 0 if it must
+ * not be (SERVFAIL, REFUSED, TC, extended RCODE, negative without SOA, no
+ * TTL to go by). An OPT that is not the last record makes the answer
+ * malformed here: cutting it would move records that later ones may
+ * point at (RFC 1035 4.1.4). Returns the new length, or 0 if malformed.
  */
-static uint32_t
-dns_cache_ttl(const unsigned char *m, size_t len, size_t qend)
+static size_t
+dns_prepare_answer(unsigned char *m, size_t len, size_t cap, size_t qend,
+    uint32_t min, uint32_t max, uint32_t *ttl)
 {
-	unsigned an = get16(m + 6), ns = get16(m + 8), ar = get16(m + 10);
-	unsigned i, rcode = m[3] & 0x0F;
-	uint32_t min = DNS_TTL_MAX, neg = 0;
-	int negative = rcode == DNS_RCODE_NXDOMAIN || an == 0;
-	size_t off = qend;
+	struct dns_summary s;
+	struct dns_iter it;
+	struct dns_rr rr;
+	unsigned rcode = m[3] & 0x0F;
+	uint32_t neg, least = DNS_TTL_MAX;
 
-	if ((m[2] & DNS_FLAG_TC) || (rcode != 0 && rcode != DNS_RCODE_NXDOMAIN))
+	*ttl = 0;
+	if (dns_summarize(m, len, qend, &s) < 0 ||
+	    (s.opt_end != 0 && s.opt_end != s.end))
 		return 0;
-	for (i = 0; i < an + ns + ar; i++) {
-		uint32_t ttl;
-		size_t rdlen, rd;
-
-		off = dns_skip_name(m, len, off);
-		if (off == 0 || off + 10 > len)
-			return 0;
-		rdlen = get16(m + off + 8);
-		rd = off + 10;
-		if (rd + rdlen > len)
-			return 0;
-		ttl = (uint32_t)get16(m + off + 4) << 16 | get16(m + off + 6);
-		if (ttl > DNS_TTL_MAX)
-			ttl = 0;
-		if (get16(m + off) != DNS_TYPE_OPT && ttl < min)
-			min = ttl;
-		if (negative && i >= an && i < an + ns && neg == 0 &&
-		    get16(m + off) == DNS_TYPE_SOA) {
-			/* MNAME, RNAME, then five 32-bit fields */
-			size_t p = dns_skip_name(m, rd + rdlen, rd);
-
-			p = p ? dns_skip_name(m, rd + rdlen, p) : 0;
-			if (p == 0 || p + 20 != rd + rdlen)
-				return 0;
-			neg = (uint32_t)get16(m + p + 16) << 16 |
-			    get16(m + p + 18);
-			neg = neg < ttl ? neg : ttl;
-			if (neg == 0)
-				return 0;
-		}
-		off = rd + rdlen;
+	len = s.end;			/* bytes after the last record go */
+	if (s.opt_end == 0 && len + DNS_OPT_BYTES <= cap) {
+		s.opt_start = len;
+		len = dns_put_opt(m, len, 0, 0, 0);
+		s.opt_end = len;
 	}
-	if (negative)
-		return neg;
-	return min == DNS_TTL_MAX ? 0 : min;
+	if (s.opt_end != 0) {
+		unsigned char *o = m + s.opt_start;
+
+		rcode |= (unsigned)o[5] << 4;
+		put16(o + 3, UDP_ADVERTISE_BYTES);
+		o[6] = 0;
+		o[7] &= 0x80;
+		o[8] = 0;
+		len = dns_keep_ede(m, len, s.opt_start, s.opt_end);
+		if (len == 0)
+			return 0;
+	}
+	m[2] &= (unsigned char)~DNS_FLAG_AA;
+	neg = s.neg_ttl < CACHE_NEG_MAX_TTL_S ? s.neg_ttl : CACHE_NEG_MAX_TTL_S;
+	dns_iter_init(&it, m, len, qend);
+	while (dns_iter_next(&it, &rr) > 0) {
+		uint32_t t = dns_rr_ttl(m, &rr);
+
+		if (rr.type == DNS_TYPE_OPT)
+			continue;
+		if (s.has_soa && rr.section == DNS_SEC_NS && t > neg)
+			t = neg;
+		t = t < min ? min : t > max ? max : t;
+		put32(m + rr.hdr + 4, t);
+		least = t < least ? t : least;
+	}
+	if (!(m[2] & DNS_FLAG_TC) && (rcode == 0 || rcode ==
+	    DNS_RCODE_NXDOMAIN) && (!s.negative || s.has_soa) &&
+	    least != DNS_TTL_MAX)
+		*ttl = least;
+	return len;
+}
+
+/*
+ * Compares two names of a message (compression followed, 32 hops at
+ * most), letters without case. Returns 1 if they are the same name.
+ */
+static int
+dns_name_equal(const unsigned char *m, size_t len, size_t a, size_t b)
+{
+	unsigned hops = 0, i;
+
+	for (;;) {
+		while (a + 1 < len && (m[a] & 0xC0) == 0xC0 && hops++ < 32)
+			a = (size_t)(m[a] & 0x3F) << 8 | m[a + 1];
+		while (b + 1 < len && (m[b] & 0xC0) == 0xC0 && hops++ < 32)
+			b = (size_t)(m[b] & 0x3F) << 8 | m[b + 1];
+		if (a >= len || b >= len || m[a] != m[b] ||
+		    m[a] > DNS_LABEL_MAX_BYTES || a + m[a] >= len ||
+		    b + m[b] >= len)
+			return 0;
+		if (m[a] == 0)
+			return 1;
+		for (i = 1; i <= m[a]; i++)
+			if (dns_lower(m[a + i]) != dns_lower(m[b + i]))
+				return 0;
+		a += m[a] + 1u;
+		b += m[b] + 1u;
+	}
+}
+
+/* Returns 1 if two records are of one RRset: owner, type and class. */
+static int
+dns_same_rrset(const unsigned char *m, size_t len, const struct dns_rr *x,
+    const struct dns_rr *y)
+{
+	return memcmp(m + x->hdr, m + y->hdr, 4) == 0 &&
+	    dns_name_equal(m, len, x->start, y->start);
+}
+
+/*
+ * Fits an answer into a UDP client's limit (RFC 1035 4.2.1, RFC 2181 9):
+ * when the answer and authority sections fit, whole RRsets of the
+ * additional section are left out from the first that does not fit (the
+ * OPT stays), with TC=0 (a partial RRset would be cached as if whole,
+ * RFC 2181 5); else only the header, the question and the OPT remain,
+ * with TC=1, and the client asks again over TCP (RFC 7766 5). The OPT
+ * MUST be the last record (dns_prepare_answer), so what is kept is a
+ * prefix that does not move. s is the message's summary. Works in
+ * place; returns the new length.
+ */
+static size_t
+dns_truncate(unsigned char *m, size_t len, size_t qend,
+    const struct dns_summary *s, size_t limit)
+{
+	size_t optlen = s->opt_end ? s->opt_end - s->opt_start : 0, w, set_w;
+	unsigned kept = 0, set_kept = 0;
+	struct dns_iter it;
+	struct dns_rr rr, prev;
+
+	if (optlen > DNS_OPT_BYTES && s->ns_end + optlen > limit) {
+		/* Extended errors help; never at the cost of the answer
+		 * or authority records, nor of TC. */
+		put16(m + s->opt_start + DNS_OPT_BYTES - 2, 0);
+		optlen = DNS_OPT_BYTES;
+	}
+	if (s->ns_end + optlen > limit) {
+		memmove(m + qend, m + s->opt_start, optlen);
+		m[2] |= DNS_FLAG_TC;
+		memset(m + 6, 0, 4);
+		put16(m + 10, optlen != 0);
+		return qend + optlen;
+	}
+	w = set_w = s->ns_end;
+	dns_iter_init(&it, m, len, qend);
+	while (dns_iter_next(&it, &rr) > 0) {
+		if (rr.section != DNS_SEC_AR || rr.type == DNS_TYPE_OPT)
+			continue;
+		if (kept == 0 || !dns_same_rrset(m, len, &prev, &rr)) {
+			set_w = w;		/* a new RRset starts here */
+			set_kept = kept;
+		}
+		if (rr.end + optlen > limit) {
+			w = set_w;		/* none of its RRset goes */
+			kept = set_kept;
+			break;
+		}
+		w = rr.end;
+		kept++;
+		prev = rr;
+	}
+	memmove(m + w, m + s->opt_start, optlen);
+	put16(m + 10, kept + (optlen != 0));
+	return w + optlen;
+}
+
+/*
+ * Makes a prepared answer (dns_prepare_answer) the answer to one query,
+ * in place: its ID, its RD, its spelling of the question (the names are
+ * equal but for case), AD only if it asked with AD or DO (RFC 6840 5.7),
+ * the OPT only if it sent one (RFC 6891 7), with our size and its DO bit
+ * (RFC 3225 3), and truncation when udp_limit != 0 (dns_truncate).
+ * Returns the new length, or 0 if the answer is malformed.
+ */
+static size_t
+dns_answer_for_client(unsigned char *m, size_t len, const unsigned char *query,
+    const struct dns_query_info *qi, size_t udp_limit)
+{
+	struct dns_summary s;
+
+	put16(m, qi->id);
+	m[2] = (unsigned char)((m[2] & ~DNS_FLAG_RD) | qi->rd);
+	if (!qi->ad && !qi->do_bit)
+		m[3] &= (unsigned char)~DNS_FLAG_AD;
+	memcpy(m + DNS_HEADER_BYTES, query + DNS_HEADER_BYTES,
+	    qi->qend - DNS_HEADER_BYTES);
+	if (dns_summarize(m, len, qi->qend, &s) < 0)
+		return 0;
+	if (s.opt_end != 0 && !qi->has_opt) {
+		memmove(m + s.opt_start, m + s.opt_end, len - s.opt_end);
+		put16(m + 10, get16(m + 10) - 1u);
+		len -= s.opt_end - s.opt_start;
+		s.opt_end = 0;
+	} else if (s.opt_end != 0) {
+		m[s.opt_start + 7] = qi->do_bit ? 0x80 : 0;
+	}
+	if (udp_limit != 0 && len > udp_limit)
+		len = dns_truncate(m, len, qi->qend, &s, udp_limit);
+	return len;
 }
 
 /*
@@ -1326,14 +1677,9 @@ dns_match_zone(const unsigned char *m, size_t off,
 
 			if (zone_lens[i] != left || left <= best_len)
 				continue;
-			for (k = 0; k < left; k++) {
-				unsigned c = m[off + k];
-
-				if (c >= 'A' && c <= 'Z')
-					c += 'a' - 'A';
-				if (c != zones[i][k])
+			for (k = 0; k < left; k++)
+				if (dns_lower(m[off + k]) != zones[i][k])
 					break;
-			}
 			if (k == left) {
 				best = (int)i;
 				best_len = left;
@@ -1346,30 +1692,85 @@ dns_match_zone(const unsigned char *m, size_t off,
 }
 
 /*
- * Prepares an upstream's answer for its client, in place: the client's
- * ID, the client's spelling of the question (the names are equal but for
- * case), no OPT if the client sent none and no Padding option if it
- * did, and TC truncation for UDP when
- * udp_limit != 0. Returns the new length, or 0 if the answer is malformed.
+ * Special-use names that dotproxy answers itself and never forwards:
+ * localhost (RFC 6761 6.3: the loopback addresses), invalid (6.4) and
+ * onion (RFC 7686): no such name; resolver.arpa (RFC 9462 6.1): nothing,
+ * for a forwarder that forwarded it would let a client discover the
+ * upstream's own encrypted resolver and go around dotproxy. Each answer
+ * carries the zone's SOA, as unbound's local zones do.
+ */
+enum { DNS_LOCAL_LOCALHOST, DNS_LOCAL_INVALID, DNS_LOCAL_ONION,
+	DNS_LOCAL_RESOLVER };
+
+static const unsigned char *const dns_local_zones[] = {
+	(const unsigned char *)"\x09localhost",
+	(const unsigned char *)"\x07invalid",
+	(const unsigned char *)"\x05onion",
+	(const unsigned char *)"\x08resolver\x04" "arpa",
+};
+static const size_t dns_local_lens[] = { 11, 9, 7, 15 };
+
+/*
+ * Answers a query (which passed dns_parse_query) for a special-use name
+ * into out (DNS_LOCAL_MAX_BYTES). Returns the length, or 0 if the name is
+ * not one of them.
  */
 static size_t
-dns_answer_for_client(unsigned char *m, size_t len, const unsigned char *query,
-    size_t qend, uint16_t client_id, int client_opt, size_t udp_limit)
+dns_local_answer(unsigned char *out, const unsigned char *m,
+    const struct dns_query_info *qi)
 {
-	put16(m, client_id);
-	/* RD echoes the query's (RFC 1035 4.1.1): a cached answer may have
-	 * been asked for with another. */
-	m[2] = (unsigned char)((m[2] & ~DNS_FLAG_RD) | (query[2] & DNS_FLAG_RD));
-	memcpy(m + 2 + 2 + 8, query + DNS_HEADER_BYTES,
-	    qend - DNS_HEADER_BYTES);
-	if (get16(m + 10) != 0) {
-		len = client_opt ? dns_strip_padding(m, len, qend) :
-		    dns_strip_opt(m, len, qend);
-		if (len == 0)
-			return 0;
+	static const unsigned char loop6[16] = { [15] = 1 };
+	int zone = dns_match_zone(m, DNS_HEADER_BYTES, dns_local_zones,
+	    dns_local_lens, 4);
+	size_t apex, len = qi->qend;
+	unsigned an = 0, t = qi->qtype;
+
+	if (zone < 0)
+		return 0;
+	if (qi->qclass != DNS_CLASS_IN)
+		return dns_make_error(out, m, qi, DNS_RCODE_REFUSED);
+	apex = qi->qend - 4 - dns_local_lens[zone];
+	dns_make_error(out, m, qi, zone == DNS_LOCAL_INVALID ||
+	    zone == DNS_LOCAL_ONION ? DNS_RCODE_NXDOMAIN : 0);
+	out[2] |= DNS_FLAG_AA;
+	put16(out + 10, 0);		/* the OPT goes last */
+	if (zone == DNS_LOCAL_LOCALHOST && t == DNS_TYPE_A) {
+		memcpy(out + len, "\xc0\x0c\0\x01\0\x01\0\0\0\0\0\x04"
+		    "\x7f\0\0\x01", 16);
+		put32(out + len + 6, DNS_LOCAL_TTL_S);
+		len += 16;
+		an++;
 	}
-	if (udp_limit && len > udp_limit)
-		len = dns_truncate(m, len, qend, client_opt);
+	if (zone == DNS_LOCAL_LOCALHOST && t == DNS_TYPE_AAAA) {
+		memcpy(out + len, "\xc0\x0c\0\x1c\0\x01\0\0\0\0\0\x10", 12);
+		put32(out + len + 6, DNS_LOCAL_TTL_S);
+		memcpy(out + len + 12, loop6, 16);
+		len += 28;
+		an++;
+	}
+	if (an == 0) {			/* the SOA, in the answer if asked */
+		put16(out + len, 0xC000 | (unsigned)apex);
+		put16(out + len + 2, DNS_TYPE_SOA);
+		put16(out + len + 4, DNS_CLASS_IN);
+		put32(out + len + 6, DNS_LOCAL_TTL_S);
+		put16(out + len + 10, 47);
+		memcpy(out + len + 12, "\x09localhost\0\x06nobody\x07invalid",
+		    27);
+		put32(out + len + 39, 1);		/* serial */
+		put32(out + len + 43, 3600);		/* refresh */
+		put32(out + len + 47, 1200);		/* retry */
+		put32(out + len + 51, 604800);		/* expire */
+		put32(out + len + 55, DNS_LOCAL_TTL_S);	/* minimum */
+		len += 59;
+		if (t == DNS_TYPE_SOA && apex == DNS_HEADER_BYTES &&
+		    zone != DNS_LOCAL_INVALID && zone != DNS_LOCAL_ONION)
+			an = 1;
+		else
+			put16(out + 8, 1);
+	}
+	put16(out + 6, an);
+	if (qi->has_opt)
+		len = dns_put_opt(out, len, 0, qi->do_bit, 0);
 	return len;
 }
 
@@ -1871,11 +2272,14 @@ trust_in_range(const struct acl_range *r, int family, const unsigned char *a)
 	    (0xFF00u >> rest & 0xFF)) == 0;
 }
 
-/* Who may ask without --allow: loopback and the private ranges. */
+/*
+ * Who may ask without --allow: loopback, the private ranges (RFC 1918,
+ * ULA) and link-local (never routed). Not 100.64.0.0/10: behind a
+ * carrier-grade NAT that is the ISP's other customers.
+ */
 static const char *const trust_default_allow[] = {
 	"127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-	"100.64.0.0/10", "169.254.0.0/16", "::1/128", "fc00::/7",
-	"fe80::/10",
+	"169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10",
 };
 
 /* Returns 1 if a client may query (an IPv4-mapped IPv6 address counts as
@@ -1907,25 +2311,23 @@ trust_allowed(const union sockaddr_u *peer)
 
 /* ==== pending: the pending-query table ================================ */
 /*
- * Owns g.pending, the free stack and the age list. A slot's upstream ID
- * is ((gen << PENDING_SLOT_BITS) | slot) ^ key, where key is chosen per
- * connection: unique on the connection by construction (one slot, one
- * ID), found again in O(1), and an answer to a slot's previous use does
- * not match its new generation.
+ * Owns g.pending, the free stack and the age list, and the ID maps of
+ * upstream connections. A query sent on a connection gets a fresh random
+ * ID (util_rand16) that no earlier query on that connection had: an
+ * answer that comes after its query timed out can then never be taken
+ * for the answer to a newer one, and an on-path guess has 1 chance in
+ * 65,536 per query (RFC 5452 9.2 gives the reason).
  */
 
 static void
 pending_init(void)
 {
-	uint16_t gens[MAX_PENDING];
 	int i;
 
-	if (util_random(gens, sizeof gens) < 0)
-		die("getrandom failed: %s", strerror(errno));
+	util_rand_init();
 	g.n_free = 0;
 	for (i = MAX_PENDING - 1; i >= 0; i--) {
 		g.pending[i].state = PENDING_FREE;
-		g.pending[i].gen = gens[i];
 		g.pending[i].query = g.query_bytes[i];
 		g.free_stack[g.n_free++] = i;
 	}
@@ -1944,10 +2346,10 @@ pending_alloc(void)
 	slot = g.free_stack[--g.n_free];
 	p = &g.pending[slot];
 	p->state = PENDING_QUEUED;
+	p->route = ROUTE_NONE;
 	p->attempts = 0;
 	p->next = -1;
-	p->ztcp = -1;
-	p->upstream = 0;
+	p->zudp = p->ztcp = -1;
 	p->deadline_ms = g.now_ms + g.query_timeout_ms;
 	p->age_next = -1;
 	p->age_prev = g.age_tail;
@@ -1959,8 +2361,7 @@ pending_alloc(void)
 	return slot;
 }
 
-/* Returns a slot to the free stack. The caller MUST have unlinked it
- * from any upstream queue and fixed the upstream's inflight count. */
+/* Returns a slot to the free stack. It MUST be detached (ROUTE_NONE). */
 static void
 pending_free(int slot)
 {
@@ -1975,28 +2376,98 @@ pending_free(int slot)
 	else
 		g.age_tail = p->age_prev;
 	p->state = PENDING_FREE;
-	p->gen++;
 	g.free_stack[g.n_free++] = slot;
 }
 
-static uint16_t
-pending_make_id(int slot, uint16_t key)
+/* A new connection: no ID used yet, none in flight. */
+static void
+idmap_reset(struct id_map *m)
 {
-	return (uint16_t)(((unsigned)g.pending[slot].gen << PENDING_SLOT_BITS |
-	    (unsigned)slot) ^ key);
+	memset(m->used, 0, sizeof m->used);
+	m->n_used = 0;
+	memset(m->slot, 0xFF, sizeof m->slot);
 }
 
-/* Finds the SENT slot that owns an upstream ID, or returns -1. */
-static int
-pending_find(size_t upstream, uint16_t key, uint16_t id)
+/* The ID map's place for an ID: its own, or where probing found it. */
+static size_t
+idmap_home(uint16_t id)
 {
-	int slot = (id ^ key) & (MAX_PENDING - 1);
-	struct pending_query *p = &g.pending[slot];
+	return id & (ID_MAP_SLOTS - 1);
+}
 
-	if (p->state != PENDING_SENT || p->upstream != upstream ||
-	    p->up_id != id)
-		return -1;
-	return slot;
+/*
+ * Gives a slot a random ID not used before on the connection and
+ * records it in flight. The caller MUST have checked that fewer than
+ * ID_MAX_USED are used (so a free ID is found in two draws on average).
+ */
+static uint16_t
+idmap_take(struct id_map *m, int slot)
+{
+	uint16_t id;
+	size_t h;
+
+	do
+		id = util_rand16();
+	while (m->used[id / 32] & (1u << (id % 32)));
+	m->used[id / 32] |= 1u << (id % 32);
+	m->n_used++;
+	for (h = idmap_home(id); m->slot[h] >= 0; h = (h + 1) &
+	    (ID_MAP_SLOTS - 1))
+		;
+	m->slot[h] = (int16_t)slot;
+	g.pending[slot].up_id = id;
+	return id;
+}
+
+/* Where an ID in flight is in the map, or -1. */
+static long
+idmap_pos(const struct id_map *m, uint16_t id)
+{
+	size_t h;
+
+	for (h = idmap_home(id); m->slot[h] >= 0; h = (h + 1) &
+	    (ID_MAP_SLOTS - 1))
+		if (g.pending[m->slot[h]].up_id == id)
+			return (long)h;
+	return -1;
+}
+
+/* The slot waiting for an ID, or -1. */
+static int
+idmap_find(const struct id_map *m, uint16_t id)
+{
+	long h = idmap_pos(m, id);
+
+	return h < 0 ? -1 : m->slot[h];
+}
+
+/*
+ * An ID is no longer in flight (answered, timed out, moved): out of the
+ * map, but still used, so the connection never gives it again. Later
+ * entries of its probe run move back (deletion without tombstones).
+ */
+static void
+idmap_drop(struct id_map *m, uint16_t id)
+{
+	long pos = idmap_pos(m, id);
+	size_t h, j, home;
+
+	if (pos < 0)
+		return;
+	h = j = (size_t)pos;
+	m->slot[h] = -1;
+	for (;;) {
+		j = (j + 1) & (ID_MAP_SLOTS - 1);
+		if (m->slot[j] < 0)
+			return;
+		home = idmap_home(g.pending[m->slot[j]].up_id);
+		/* Stays if its home lies cyclically in (h, j]. */
+		if (h <= j ? (home > h && home <= j) : (home > h || home <= j))
+			continue;
+		m->slot[h] = m->slot[j];
+		m->slot[j] = -1;
+		h = j;
+	}
 }
 
 /* ==== cache: answers by question ===================================== */
@@ -2005,34 +2476,38 @@ pending_find(size_t upstream, uint16_t key, uint16_t id)
  * everything included) and cut into CACHE_BLOCK_BYTES blocks: an answer
  * takes a chain of blocks, so answers of any size share the memory
  * without fragmenting it. When blocks run out, the least recently used
- * entries go. The key is the question (name without case, type, class),
- * the DO and CD bits, and where the answer came from (DoT, or which
- * forward zone), so private-zone answers never mix with public ones.
- * Stored answers have no padding and clamped TTLs; a hit counts the TTLs
- * down by the time spent in the cache.
+ * entries go. The key is the question (the name's letters without case,
+ * type and class exactly), the DO, CD and RD bits, and where the answer
+ * came from (DoT, or which forward zone), so private-zone answers never
+ * mix with public ones. Nothing a client sent beyond that shapes an
+ * answer: its EDNS options are never forwarded (dns_build_query). Stored
+ * answers are prepared (dns_prepare_answer: EDE options only, clamped and
+ * negative TTLs); a hit counts the TTLs down by the time spent here.
  */
 
-/* Packs the key bits: DO, CD, and the source (0 DoT, 1 + forward zone). */
+/*
+ * Packs the key bits that change an answer: DO, CD, RD (an RD=0 answer
+ * may be a bare CNAME from the upstream's cache), and the source (0 DoT,
+ * 1 + forward zone). AD is not one: each client sees the stored AD as
+ * its own query asks (dns_answer_for_client).
+ */
 static uint8_t
-cache_key(int do_bit, int cd_bit, unsigned source)
+cache_key(const struct dns_query_info *qi, unsigned source)
 {
-	return (uint8_t)((do_bit ? 1 : 0) | (cd_bit ? 2 : 0) | source << 2);
+	return (uint8_t)((qi->do_bit ? 1 : 0) | (qi->cd ? 2 : 0) |
+	    (qi->rd ? 4 : 0) | source << 3);
 }
 
-/* FNV-1a over the question, name folded to lower case, and the key. */
+/* FNV-1a over the question, the name's letters folded to lower case
+ * (QTYPE and QCLASS as they are), and the key. */
 static uint32_t
 cache_hash(const unsigned char *m, size_t qend, uint8_t key)
 {
 	uint32_t h = 2166136261u ^ key;
 	size_t i;
 
-	for (i = DNS_HEADER_BYTES; i < qend; i++) {
-		unsigned c = m[i];
-
-		if (c >= 'A' && c <= 'Z')
-			c += 'a' - 'A';
-		h = (h ^ c) * 16777619u;
-	}
+	for (i = DNS_HEADER_BYTES; i < qend; i++)
+		h = (h ^ (i < qend - 4 ? dns_lower(m[i]) : m[i])) * 16777619u;
 	return h;
 }
 
@@ -2221,7 +2696,6 @@ cache_get(int e, unsigned char *out, int stale)
 	if (!stale && age >= x->ttl_s)
 		return 0;
 	cache_read(e, out, x->len);
-	out[2] &= (unsigned char)~DNS_FLAG_AA;	/* not from the source now */
 	if (stale)
 		dns_rewrite_ttls(out, x->len, x->qend, 0, STALE_TTL_S,
 		    STALE_TTL_S);
@@ -2233,36 +2707,22 @@ cache_get(int e, unsigned char *out, int stale)
 }
 
 /*
- * Stores an answer (qend: end of its question) under key, replacing any
- * entry for the same question; the answer MUST have passed
- * dns_parse_answer. Removes its padding and clamps its TTLs in place
- * first, so the client that asked sees what later ones will. Evicts the
- * least recently used entries to make room.
+ * Stores an answer (qend: end of its question) under key for ttl
+ * seconds, replacing any entry for the same question. The answer MUST
+ * have been prepared (dns_prepare_answer, which says the ttl; 0: not
+ * cached). Evicts the least recently used entries to make room.
  */
 static void
-cache_store(unsigned char *m, size_t *lenp, size_t qend, uint8_t key)
+cache_store(const unsigned char *m, size_t len, size_t qend, uint8_t key,
+    uint32_t ttl)
 {
 	struct cache *c = &g.cache;
 	struct cache_entry *x;
-	uint32_t ttl, hash;
-	size_t len, need, off;
+	uint32_t hash;
+	size_t need, off;
 	int32_t e, *tail;
 
-	if (c->n_blocks == 0)
-		return;
-	len = dns_strip_padding(m, *lenp, qend);
-	if (len == 0)
-		return;
-	*lenp = len;
-	ttl = dns_cache_ttl(m, len, qend);
-	if (ttl == 0 || len > CACHE_MAX_ANSWER_BYTES)
-		return;
-	if ((m[3] & 0x0F) == DNS_RCODE_NXDOMAIN || get16(m + 6) == 0)
-		ttl = ttl < CACHE_NEG_MAX_TTL_S ? ttl : CACHE_NEG_MAX_TTL_S;
-	ttl = ttl < c->min_ttl_s ? c->min_ttl_s : ttl;
-	ttl = ttl > c->max_ttl_s ? c->max_ttl_s : ttl;
-	if (ttl == 0 || dns_rewrite_ttls(m, len, qend, 0, c->min_ttl_s,
-	    c->max_ttl_s) < 0)
+	if (c->n_blocks == 0 || ttl == 0 || len > CACHE_MAX_ANSWER_BYTES)
 		return;
 	hash = cache_hash(m, qend, key);
 	e = cache_find(m, qend, key, hash);
@@ -2308,25 +2768,53 @@ cache_store(unsigned char *m, size_t *lenp, size_t qend, uint8_t key)
  * The query section comes after upstream, client and udp (it is the only
  * code that knows where an answer goes); they call into it through these.
  */
-static void query_deliver(int slot, unsigned char *msg, size_t len);
+static void query_deliver(int slot, const unsigned char *answer, size_t len);
 static void query_fail(int slot, int rcode);
 static void query_receive(const unsigned char *msg, size_t len,
+    const struct origin *from);
+static void query_receive_oversized(const unsigned char *msg, size_t len,
     const struct origin *from);
 
 /* ==== zone: private zones over plain DNS ============================== */
 /*
- * Owns g.zones and g.ztcp. A query at or below a --forward-zone domain
- * (longest match wins) goes to that zone's server over UDP from a
- * connected socket (only that server's answers are read), with an ID made
- * like an upstream's; a truncated answer is asked again over TCP. This is
- * what keeps cluster.local resolving through kube-dns, and lan through
- * the router's dnsmasq. Its answers are cached apart from DoT answers.
+ * Owns g.zones, g.zudp and g.ztcp. A query at or below a --forward-zone
+ * domain (longest match wins) goes to that zone's server over plain UDP,
+ * and over TCP when the answer is truncated. This is what keeps
+ * cluster.local resolving through kube-dns, and lan through the router's
+ * dnsmasq; its answers are cached apart from DoT answers. Plain DNS can
+ * be spoofed, so each query follows RFC 5452: its own socket (a random
+ * source port from the kernel), connected to the server (no other
+ * address or port is read), a random ID, and an answer counts only with
+ * that ID and the same question.
  */
 
-static size_t
-zone_route(size_t zi)
+/* Start-up: every UDP socket free. */
+static void
+zone_init(void)
 {
-	return MAX_UPSTREAMS + zi;
+	size_t i;
+
+	for (i = 0; i < MAX_ZONE_UDP; i++) {
+		g.zudp[i].fd = -1;
+		g.zudp_free[i] = (int)(MAX_ZONE_UDP - 1 - i);
+	}
+	g.n_zudp_free = MAX_ZONE_UDP;
+	for (i = 0; i < MAX_ZONE_TCP; i++) {
+		g.ztcp[i].fd = -1;
+		g.ztcp[i].slot = -1;
+		g.ztcp[i].buf = g.ztcp_bufs[i];
+	}
+}
+
+static void
+zone_udp_close(int ui)
+{
+	struct zone_udp *zu = &g.zudp[ui];
+
+	close(zu->fd);
+	zu->fd = -1;
+	g.pending[zu->slot].zudp = -1;
+	g.zudp_free[g.n_zudp_free++] = ui;
 }
 
 static void
@@ -2343,6 +2831,19 @@ zone_tcp_close(int ti)
 	t->slot = -1;
 }
 
+/* A query leaves its zone (answered, failed, timed out): its sockets
+ * close. */
+static void
+zone_detach(int slot)
+{
+	struct pending_query *p = &g.pending[slot];
+
+	if (p->zudp >= 0)
+		zone_udp_close(p->zudp);
+	if (p->ztcp >= 0)
+		zone_tcp_close(p->ztcp);
+}
+
 /* Logs a zone server error once per distinct errno. */
 static void
 zone_error(struct zone *z, const char *what, int err)
@@ -2354,31 +2855,73 @@ zone_error(struct zone *z, const char *what, int err)
 	z->n_failures++;
 }
 
-/* Sends a pending query to its zone's server over UDP. */
+/* A socket for a zone server: non-blocking, within FD_SETSIZE, and
+ * connected (TCP: the connect is under way). Returns it, or -1. */
+static int
+zone_socket(const struct zone *z, int type)
+{
+	int fd = socket(z->addr.sa.sa_family, type | SOCK_NONBLOCK |
+	    SOCK_CLOEXEC, 0);
+
+	if (fd >= FD_SETSIZE) {
+		close(fd);
+		errno = EMFILE;
+		return -1;
+	}
+	if (fd >= 0 && connect(fd, &z->addr.sa, z->addrlen) < 0 &&
+	    errno != EINPROGRESS) {
+		int err = errno;
+
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	return fd;
+}
+
+/* Sends a pending query to its zone's server over UDP, from a socket of
+ * its own, with a random ID. */
 static void
 zone_send(size_t zi, int slot)
 {
 	struct zone *z = &g.zones[zi];
 	struct pending_query *p = &g.pending[slot];
+	int fd, ui;
 
-	p->upstream = (uint8_t)zone_route(zi);
+	p->route = ROUTE_ZONE;
+	p->route_idx = (uint8_t)zi;
 	p->state = PENDING_SENT;
-	p->up_id = pending_make_id(slot, z->id_key);
+	p->up_id = util_rand16();
 	put16(p->query, p->up_id);
 	z->n_queries++;
-	if (send(z->udp_fd, p->query, p->qlen, MSG_DONTWAIT) < 0) {
-		zone_error(z, "send failed", errno);
+	if (g.n_zudp_free == 0) {
+		if (ratelimit_ok(&g.rl_zone_full))
+			log_warn("%d forward-zone queries in flight: new ones "
+			    "get SERVFAIL", MAX_ZONE_UDP);
 		query_fail(slot, DNS_RCODE_SERVFAIL);
+		return;
 	}
+	fd = zone_socket(z, SOCK_DGRAM);
+	if (fd < 0 || send(fd, p->query, p->qlen, MSG_DONTWAIT) < 0) {
+		zone_error(z, "send failed", errno);
+		if (fd >= 0)
+			close(fd);
+		query_fail(slot, DNS_RCODE_SERVFAIL);
+		return;
+	}
+	ui = g.zudp_free[--g.n_zudp_free];
+	g.zudp[ui].fd = fd;
+	g.zudp[ui].slot = slot;
+	p->zudp = (int16_t)ui;
 }
 
 /* Asks a query again over TCP after a truncated answer. If no connection
  * can be had, the truncated answer goes to the client as it is. */
 static void
-zone_tcp_start(size_t zi, int slot, unsigned char *tc, size_t tclen)
+zone_tcp_start(int slot, unsigned char *tc, size_t tclen)
 {
-	struct zone *z = &g.zones[zi];
 	struct pending_query *p = &g.pending[slot];
+	struct zone *z = &g.zones[p->route_idx];
 	struct zone_tcp *t = NULL;
 	int ti, fd;
 
@@ -2387,98 +2930,72 @@ zone_tcp_start(size_t zi, int slot, unsigned char *tc, size_t tclen)
 			t = &g.ztcp[ti];
 			break;
 		}
-	fd = t ? socket(z->addr.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK |
-	    SOCK_CLOEXEC, 0) : -1;
-	if (fd < 0 || fd >= FD_SETSIZE) {
-		if (fd >= 0)
-			close(fd);
+	fd = t ? zone_socket(z, SOCK_STREAM) : -1;
+	if (fd < 0) {
+		if (t != NULL)
+			zone_error(z, "TCP connect failed", errno);
 		query_deliver(slot, tc, tclen);
 		return;
 	}
 	z->n_tcp++;
 	t->fd = fd;
 	t->slot = slot;
-	p->ztcp = (int8_t)ti;
+	p->ztcp = (int16_t)ti;
 	put16(t->buf, p->qlen);
 	memcpy(t->buf + 2, p->query, p->qlen);
 	t->off = 0;
 	t->len = 2u + p->qlen;
 	t->state = ZTCP_CONNECTING;
-	if (connect(fd, &z->addr.sa, z->addrlen) < 0 &&
-	    errno != EINPROGRESS) {
-		zone_error(z, "TCP connect failed", errno);
-		zone_tcp_close(ti);
-		query_fail(slot, DNS_RCODE_SERVFAIL);
-	}
 }
 
-/* One answer from a zone server (UDP or TCP): matched by ID and
- * question, else dropped. */
+/* One answer from a zone server (UDP or TCP) for a slot: taken with the
+ * right ID and question, else dropped (the deadline stands). */
 static void
-zone_on_answer(size_t zi, unsigned char *m, size_t len, int over_tcp)
+zone_on_answer(int slot, unsigned char *m, size_t len, int over_tcp)
 {
-	struct zone *z = &g.zones[zi];
-	struct pending_query *p;
+	struct pending_query *p = &g.pending[slot];
 	size_t qend;
-	int slot;
 
-	if (len < DNS_HEADER_BYTES)
+	if (len < DNS_HEADER_BYTES || get16(m) != p->up_id)
 		return;
-	slot = pending_find(zone_route(zi), z->id_key, get16(m));
-	if (slot < 0)
-		return;
-	p = &g.pending[slot];
 	qend = dns_parse_answer(m, len);
-	if (qend == 0 || !dns_question_equal(m, qend, p->query, p->qend))
-		return;		/* not the answer: the deadline stands */
-	z->last_err = 0;
-	if ((m[2] & DNS_FLAG_TC) && !over_tcp && p->ztcp < 0) {
-		zone_tcp_start(zi, slot, m, len);
+	if (qend == 0 || !dns_question_equal(m, qend, p->query, p->qi.qend))
+		return;
+	g.zones[p->route_idx].last_err = 0;
+	if (!over_tcp && p->ztcp >= 0)
+		return;		/* a copy; the query is asked over TCP now */
+	if (!over_tcp && (m[2] & DNS_FLAG_TC)) {
+		zone_tcp_start(slot, m, len);
 		return;
 	}
-	if (p->ztcp >= 0)
-		zone_tcp_close(p->ztcp);
 	query_deliver(slot, m, len);
 }
 
-/* The zone server refused (ICMP port unreachable): its queries waiting
- * on UDP get SERVFAIL now rather than at their deadline. */
+/* Reads a zone query's socket: its answer, or what a spoofer sent to
+ * its port (a few datagrams a pass; the query's deadline bounds it). */
 static void
-zone_fail_all(size_t zi)
-{
-	int slot;
-
-	for (slot = 0; slot < MAX_PENDING; slot++) {
-		struct pending_query *p = &g.pending[slot];
-
-		if (p->state == PENDING_SENT && p->upstream == zone_route(zi) &&
-		    p->ztcp < 0)
-			query_fail(slot, DNS_RCODE_SERVFAIL);
-	}
-}
-
-/* Reads the zone socket's datagrams (a batch at most). */
-static void
-zone_on_readable(size_t zi)
+zone_on_readable(int ui)
 {
 	static unsigned char buf[MSG_MAX_BYTES];
-	int i;
+	struct zone_udp *zu = &g.zudp[ui];
+	int slot = zu->slot, i;
 
-	for (i = 0; i < UDP_BATCH; i++) {
-		ssize_t n = recv(g.zones[zi].udp_fd, buf, sizeof buf,
-		    MSG_DONTWAIT);
+	for (i = 0; i < 8 && zu->fd >= 0 && zu->slot == slot; i++) {
+		ssize_t n = recv(zu->fd, buf, sizeof buf, MSG_DONTWAIT);
 
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				return;
-			zone_error(&g.zones[zi], "receive failed", errno);
-			if (errno == ECONNREFUSED)
-				zone_fail_all(zi);
-			return;
+		if (n >= 0) {
+			zone_on_answer(slot, buf, (size_t)n, 0);
+			continue;
 		}
-		zone_on_answer(zi, buf, (size_t)n, 0);
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return;
+		/* ICMP port unreachable: no need to wait for the deadline. */
+		zone_error(&g.zones[g.pending[slot].route_idx],
+		    "receive failed", errno);
+		query_fail(slot, DNS_RCODE_SERVFAIL);
+		return;
 	}
 }
 
@@ -2488,7 +3005,7 @@ zone_tcp_io(int ti, int readable, int writable)
 {
 	struct zone_tcp *t = &g.ztcp[ti];
 	int slot = t->slot;
-	size_t zi = g.pending[slot].upstream - MAX_UPSTREAMS;
+	struct zone *z = &g.zones[g.pending[slot].route_idx];
 	ssize_t n;
 	int err = 0;
 
@@ -2527,14 +3044,55 @@ zone_tcp_io(int ti, int readable, int writable)
 	t->len += (size_t)n;
 	if (t->len < 2 || t->len < 2u + get16(t->buf))
 		return;
-	zone_on_answer(zi, t->buf + 2, get16(t->buf), 1);
+	zone_on_answer(slot, t->buf + 2, get16(t->buf), 1);
 	if (g.pending[slot].state == PENDING_FREE || g.pending[slot].ztcp != ti)
 		return;		/* answered, and the connection closed */
 	err = EPROTO;		/* an answer that does not match */
 fail:
-	zone_error(&g.zones[zi], "TCP query failed", err);
-	zone_tcp_close(ti);
+	zone_error(z, "TCP query failed", err);
 	query_fail(slot, DNS_RCODE_SERVFAIL);
+}
+
+/* Adds the zone sockets to the fd sets. */
+static void
+zone_want(fd_set *rd, fd_set *wr, int *maxfd)
+{
+	size_t i;
+
+	for (i = 0; i < MAX_ZONE_UDP; i++) {
+		if (g.zudp[i].fd < 0)
+			continue;
+		FD_SET(g.zudp[i].fd, rd);
+		if (g.zudp[i].fd > *maxfd)
+			*maxfd = g.zudp[i].fd;
+	}
+	for (i = 0; i < MAX_ZONE_TCP; i++) {
+		struct zone_tcp *t = &g.ztcp[i];
+
+		if (t->state == ZTCP_FREE)
+			continue;
+		FD_SET(t->fd, t->state == ZTCP_READING ? rd : wr);
+		if (t->fd > *maxfd)
+			*maxfd = t->fd;
+	}
+}
+
+/* Serves the zone sockets select() found ready. */
+static void
+zone_dispatch(fd_set *rd, fd_set *wr)
+{
+	size_t i;
+
+	for (i = 0; i < MAX_ZONE_TCP; i++) {
+		struct zone_tcp *t = &g.ztcp[i];
+		int fd = t->fd;
+
+		if (t->state != ZTCP_FREE)
+			zone_tcp_io((int)i, FD_ISSET(fd, rd), FD_ISSET(fd, wr));
+	}
+	for (i = 0; i < MAX_ZONE_UDP; i++)
+		if (g.zudp[i].fd >= 0 && FD_ISSET(g.zudp[i].fd, rd))
+			zone_on_readable((int)i);
 }
 
 /* ==== upstream: TLS connections to resolvers ========================== */
@@ -2699,6 +3257,8 @@ upstream_tls_init(struct upstream *u)
 	u->queue_head = u->queue_tail = -1;
 	u->backoff_ms = BACKOFF_MIN_MS;
 	u->state = UPSTREAM_DISCONNECTED;
+	u->has_session = 0;		/* nothing to resume before a handshake */
+	idmap_reset(&u->ids);
 }
 
 /* The only writer of u->state: logs the change and arms deadlines. */
@@ -2764,7 +3324,8 @@ upstream_enqueue(struct upstream *u, int slot)
 	struct pending_query *p = &g.pending[slot];
 
 	p->state = PENDING_QUEUED;
-	p->upstream = (uint8_t)upstream_index(u);
+	p->route = ROUTE_UPSTREAM;
+	p->route_idx = (uint8_t)upstream_index(u);
 	p->next = -1;
 	if (u->queue_tail >= 0)
 		g.pending[u->queue_tail].next = slot;
@@ -2775,22 +3336,19 @@ upstream_enqueue(struct upstream *u, int slot)
 		upstream_connect(u);
 }
 
-/* Detaches a slot from its upstream (queue or in-flight count) so that
- * the query section can answer it and free it. */
+/* Detaches a slot from its upstream (its queue, or the connection's
+ * in-flight count and ID map: the ID stays used) so that the query
+ * section can answer it and free it. */
 static void
 upstream_detach(int slot)
 {
 	struct pending_query *p = &g.pending[slot];
-	struct upstream *u = &g.upstreams[p->upstream];
+	struct upstream *u = &g.upstreams[p->route_idx];
 	int prev = -1, cur;
 
-	if (p->upstream >= MAX_UPSTREAMS) {	/* a forward zone's */
-		if (p->ztcp >= 0)
-			zone_tcp_close(p->ztcp);
-		return;
-	}
 	if (p->state == PENDING_SENT) {
 		u->inflight--;
+		idmap_drop(&u->ids, p->up_id);
 		return;
 	}
 	for (cur = u->queue_head; cur >= 0; prev = cur,
@@ -2809,29 +3367,33 @@ upstream_detach(int slot)
 
 /*
  * Closes the socket and puts every query that was in flight on it back
- * at the head of the queue, or answers SERVFAIL to those that have used
- * their MAX_ATTEMPTS.
+ * at the head of the queue (a new connection gives it a new ID), or
+ * answers SERVFAIL to those that have used their MAX_ATTEMPTS.
  */
 static void
 upstream_teardown(struct upstream *u)
 {
-	size_t idx = upstream_index(u);
-	int slot;
+	int slots[MAX_PENDING];
+	size_t i, n = 0;
 
 	if (u->fd >= 0)
 		close(u->fd);
 	u->fd = -1;
 	u->rlen = 0;
 	u->in_off = u->in_len = 0;
-	/* inflight counts this upstream's SENT slots: an idle close (the
+	/* The ID map holds exactly the slots in flight: an idle close (the
 	 * usual case) has none to look for. */
-	for (slot = MAX_PENDING - 1; slot >= 0 && u->inflight > 0; slot--) {
+	for (i = 0; i < ID_MAP_SLOTS && n < u->inflight; i++)
+		if (u->ids.slot[i] >= 0)
+			slots[n++] = u->ids.slot[i];
+	idmap_reset(&u->ids);
+	u->inflight = 0;
+	while (n > 0) {
+		int slot = slots[--n];
 		struct pending_query *p = &g.pending[slot];
 
-		if (p->state != PENDING_SENT || p->upstream != idx)
-			continue;
-		u->inflight--;
 		if (p->attempts >= MAX_ATTEMPTS) {
+			p->route = ROUTE_NONE;	/* detached just above */
 			query_fail(slot, DNS_RCODE_SERVFAIL);
 			continue;
 		}
@@ -2876,6 +3438,61 @@ upstream_migrate_queue(struct upstream *u)
 }
 
 /*
+ * TLS sessions (RFC 5246 7.4.1.2). BearSSL writes a ServerHello's session
+ * ID, version and suite into the engine before it checks anything, so
+ * the engine's own state is never offered again: an attacker could plant
+ * an ID, hang up, and "resume" with the master secret of a handshake
+ * that never ran. Only parameters saved from a handshake that passed
+ * every check (chain, name, pins, Finished) are offered, only to the
+ * upstream they came from, and any failure forgets them.
+ */
+static void
+upstream_forget_session(struct upstream *u)
+{
+	memset(&u->session, 0, sizeof u->session);
+	u->has_session = 0;
+}
+
+/*
+ * Before a connect (the clock rule applied): the engine gets the saved
+ * session, or none. A session vouches for the certificate only as of its
+ * full handshake: it is not resumed after SESSION_MAX_AGE_MS (the
+ * certificate may have expired since), nor once the clock is set if it
+ * was checked against the build time.
+ */
+static void
+upstream_restore_session(struct upstream *u)
+{
+	if (u->has_session && (g.now_ms - u->session_ms >= SESSION_MAX_AGE_MS ||
+	    (u->session_clock_behind && !g.clock_behind)))
+		upstream_forget_session(u);
+	br_ssl_engine_set_session_parameters(&u->sc.eng, &u->session);
+}
+
+/* A handshake completed: returns 1 if it resumed the saved session, and
+ * saves what BearSSL now holds (a new session, or the same) for the next
+ * connection. */
+static int
+upstream_save_session(struct upstream *u)
+{
+	br_ssl_session_parameters now;
+	int resumed;
+
+	br_ssl_engine_get_session_parameters(&u->sc.eng, &now);
+	resumed = u->has_session && now.session_id_len != 0 &&
+	    now.session_id_len == u->session.session_id_len &&
+	    memcmp(now.session_id, u->session.session_id,
+	    now.session_id_len) == 0;
+	if (!resumed) {			/* a full handshake: checked now */
+		u->session_ms = g.now_ms;
+		u->session_clock_behind = g.clock_behind;
+	}
+	u->session = now;
+	u->has_session = now.session_id_len != 0;
+	return resumed;
+}
+
+/*
  * A failure: logged when a working upstream starts failing, and at debug
  * level while it goes on failing (whatever the reason: a flapping path
  * alternates between reasons), connection torn down, upstream in
@@ -2890,6 +3507,7 @@ upstream_fail(struct upstream *u, int code, const char *what)
 		log_debug("upstream %s: %s (still failing)", u->label, what);
 	u->last_err = code;
 	u->n_failures++;
+	upstream_forget_session(u);
 	upstream_teardown(u);
 	upstream_set_state(u, UPSTREAM_BACKOFF);
 	upstream_migrate_queue(u);
@@ -2927,19 +3545,18 @@ upstream_connect(struct upstream *u)
 	unsigned char seed[32];
 	int fd, one = 1;
 
-	if (util_random(seed, sizeof seed) < 0 ||
-	    util_random(&u->id_key, sizeof u->id_key) < 0) {
+	if (util_random(seed, sizeof seed) < 0) {
 		upstream_fail_errno(u, "getrandom failed", errno);
 		return -1;
 	}
 	br_ssl_engine_inject_entropy(&u->sc.eng, seed, sizeof seed);
 	/* A server that resumes echoes the session ID (RFC 5246 7.4.1.3):
-	 * one round trip less than a full handshake. */
-	u->offered_sid_len = u->sc.eng.session.session_id_len;
-	memcpy(u->offered_sid, u->sc.eng.session.session_id,
-	    u->offered_sid_len);
+	 * one round trip less than a full handshake. Without a saved one,
+	 * the engine offers none (resume_session 0 forgets its own). */
 	trust_set_time(&u->xc);
-	if (!br_ssl_client_reset(&u->sc, u->name[0] ? u->name : NULL, 1)) {
+	upstream_restore_session(u);
+	if (!br_ssl_client_reset(&u->sc, u->name[0] ? u->name : NULL,
+	    u->has_session)) {
 		char ebuf[64];
 
 		upstream_fail(u, br_ssl_engine_last_error(&u->sc.eng),
@@ -2985,6 +3602,20 @@ upstream_connect(struct upstream *u)
 static void
 upstream_server_closed(struct upstream *u)
 {
+	/* Not a close but a failure: during the handshake (a path attacker
+	 * sends a close_notify or a FIN for free), or before the first
+	 * answer with queries sent. Reconnecting at once would go on as
+	 * long as queries come, and never let another upstream take them. */
+	if (u->state == UPSTREAM_HANDSHAKING) {
+		upstream_fail(u, UPSTREAM_ERR_EOF, "handshake failed: "
+		    "connection closed by the server");
+		return;
+	}
+	if (!u->answered && u->inflight > 0) {
+		upstream_fail(u, UPSTREAM_ERR_EOF, "closed by the server "
+		    "before any answer");
+		return;
+	}
 	if ((u->inflight > 0 || u->rlen > 0) && upstream_other_usable(u)) {
 		upstream_fail(u, UPSTREAM_ERR_EOF, u->rlen > 0 ?
 		    "closed by the server in the middle of an answer" :
@@ -3049,31 +3680,26 @@ upstream_on_answer(struct upstream *u, unsigned char *m, size_t len)
 		return -1;
 	}
 	u->idle_since_ms = g.now_ms;
-	slot = pending_find(upstream_index(u), u->id_key, get16(m));
+	slot = idmap_find(&u->ids, get16(m));
 	if (slot < 0) {
+		/* A late answer to a query that timed out: its ID is never
+		 * given again on this connection, so it matches nothing. */
 		log_debug("upstream %s: answer with unknown ID %u dropped",
 		    u->label, get16(m));
 		return 0;
 	}
 	p = &g.pending[slot];
 	qend = dns_parse_answer(m, len);
-	if (qend == 0 || !dns_question_equal(m, qend, p->query, p->qend)) {
-		/* A server that answers another question is not trusted with
-		 * the rest when another upstream can take them; alone, only
-		 * this query fails. Never a wrong answer either way. */
-		if (upstream_other_usable(u)) {
-			upstream_fail(u, UPSTREAM_ERR_PROTOCOL, "protocol "
-			    "error: an answer to another question");
-			return -1;
-		}
+	if (qend == 0 || !dns_question_equal(m, qend, p->query, p->qi.qend)) {
+		/* Never a wrong answer; the query waits for its own until
+		 * its deadline. One odd message is no proof that the
+		 * upstream is broken. */
 		if (ratelimit_ok(&g.rl_mismatch))
-			log_warn("upstream %s: answer does not match its "
-			    "question; client gets SERVFAIL", u->label);
-		upstream_detach(slot);
-		query_fail(slot, DNS_RCODE_SERVFAIL);
+			log_warn("upstream %s: an answer's question does not "
+			    "match its ID: dropped", u->label);
 		return 0;
 	}
-	upstream_detach(slot);
+	u->progress_ms = g.now_ms;	/* an answer, not just bytes */
 	if (!u->answered)
 		upstream_on_first_answer(u);
 	query_deliver(slot, m, len);
@@ -3129,10 +3755,11 @@ upstream_inject(struct upstream *u)
 			injected = 0;
 			break;
 		}
+		if (u->ids.n_used >= ID_MAX_USED)
+			break;		/* upstream_timers makes a new one */
 		if (u->inflight == 0)
 			u->progress_ms = g.now_ms;
-		p->up_id = pending_make_id(slot, u->id_key);
-		put16(p->query, p->up_id);
+		put16(p->query, idmap_take(&u->ids, slot));
 		put16(buf, p->qlen);
 		memcpy(buf + 2, p->query, p->qlen);
 		br_ssl_engine_sendapp_ack(eng, 2u + p->qlen);
@@ -3177,18 +3804,16 @@ upstream_suite_name(uint16_t suite)
 static void
 upstream_on_handshake(struct upstream *u)
 {
-	const br_ssl_session_parameters *sp = &u->sc.eng.session;
 	const char *alpn = br_ssl_engine_get_selected_protocol(&u->sc.eng);
-	int resumed = u->offered_sid_len != 0 &&
-	    sp->session_id_len == u->offered_sid_len &&
-	    memcmp(sp->session_id, u->offered_sid, u->offered_sid_len) == 0;
+	int resumed = upstream_save_session(u);
 
 	if (resumed)
 		u->n_resumed++;
 	u->answered = 0;
 	log_debug("upstream %s: connected (%s%s%s%s)", u->label,
-	    upstream_suite_name(sp->cipher_suite), resumed ? ", resumed" : "",
-	    alpn ? ", ALPN " : "", alpn ? alpn : "");
+	    upstream_suite_name(u->session.cipher_suite),
+	    resumed ? ", resumed" : "", alpn ? ", ALPN " : "",
+	    alpn ? alpn : "");
 }
 
 /*
@@ -3326,15 +3951,10 @@ upstream_on_readable(struct upstream *u)
 		upstream_fail_errno(u, "receive failed", errno);
 		return;
 	}
-	u->progress_ms = g.now_ms;
 	if (n == 0) {
 		/* EOF without close_notify. After the handshake this is how
 		 * most servers end an idle connection: not a failure. */
-		if (u->state == UPSTREAM_HANDSHAKING)
-			upstream_fail(u, UPSTREAM_ERR_EOF, "handshake failed: "
-			    "connection closed by the server");
-		else
-			upstream_server_closed(u);
+		upstream_server_closed(u);
 		return;
 	}
 	u->in_off = 0;
@@ -3395,8 +4015,12 @@ upstream_timers(struct upstream *u)
 			upstream_stalled(u);
 			break;
 		}
-		if (u->inflight == 0 && u->queue_head < 0 &&
-		    g.now_ms - u->idle_since_ms >= g.idle_timeout_ms) {
+		/* Half the IDs used (an ID is never used twice on a
+		 * connection), and the last answer in: a new connection, the
+		 * same session. Meanwhile queries wait (upstream_inject). */
+		if ((u->inflight == 0 && u->ids.n_used >= ID_MAX_USED) ||
+		    (u->inflight == 0 && u->queue_head < 0 &&
+		    g.now_ms - u->idle_since_ms >= g.idle_timeout_ms)) {
 			/* Close before the server does, so a query never
 			 * races a server-side close (stubby#346). */
 			br_ssl_engine_close(&u->sc.eng);
@@ -3426,9 +4050,14 @@ upstream_next_deadline(const struct upstream *u)
 	case UPSTREAM_HANDSHAKING:
 	case UPSTREAM_CLOSING:
 		return u->deadline_ms;
-	case UPSTREAM_READY:
-		return u->inflight > 0 ? u->progress_ms + upstream_stall_ms() :
-		    u->idle_since_ms + g.idle_timeout_ms;
+	case UPSTREAM_READY:		/* as upstream_timers acts */
+		if (u->inflight > 0)
+			return u->progress_ms + upstream_stall_ms();
+		if (u->ids.n_used >= ID_MAX_USED)
+			return g.now_ms;
+		if (u->queue_head < 0)
+			return u->idle_since_ms + g.idle_timeout_ms;
+		break;			/* queries wait for the socket */
 	case UPSTREAM_BACKOFF:
 		return u->retry_at_ms;
 	case UPSTREAM_DISCONNECTED:
@@ -3505,6 +4134,14 @@ client_close(struct client_conn *c)
 	c->inflight = 0;
 	c->in_len = 0;
 	c->out_off = c->out_len = 0;
+	if (c->big) {
+		/* A big query or a backlog of answers made pages resident:
+		 * give them back, so that hostile clients cannot keep
+		 * 17 MB of the router's memory. */
+		util_release(c->in, CLIENT_IN_BYTES);
+		util_release(c->out, CLIENT_OUT_BYTES);
+		c->big = 0;
+	}
 }
 
 /* Returns 1 if a client has nothing in flight and nothing to send. */
@@ -3543,7 +4180,9 @@ client_accept(int lfd)
 		    x->last_active_ms < oldest->last_active_ms))
 			oldest = x;
 	}
-	if (c == NULL && oldest != NULL) {
+	/* A client outside --allow (it will get REFUSED) takes a free slot
+	 * at most: it never pushes out one that may ask. */
+	if (c == NULL && oldest != NULL && trust_allowed(&peer)) {
 		client_close(oldest);
 		c = oldest;
 	}
@@ -3573,6 +4212,8 @@ client_send_frame(struct client_conn *c, const unsigned char *msg, size_t len)
 	unsigned char pfx[2];
 	size_t sent = 0, total = len + 2;
 
+	if (len > MSG_MAX_BYTES)
+		return;		/* no frame can say it (never: see callers) */
 	put16(pfx, (unsigned)len);
 	if (c->out_len == c->out_off) {
 		struct iovec iov[2] = {
@@ -3614,6 +4255,7 @@ client_send_frame(struct client_conn *c, const unsigned char *msg, size_t len)
 	}
 	memcpy(c->out + c->out_len, msg + (sent - 2), total - sent);
 	c->out_len += total - sent;
+	c->big |= c->out_len > CLIENT_SMALL_BYTES;
 }
 
 static void
@@ -3645,10 +4287,9 @@ client_has_frame(const struct client_conn *c)
 /*
  * Hands complete frames to the query section while the client has fewer
  * than MAX_INFLIGHT_PER_CLIENT queries in flight; the rest wait in the
- * buffer (loop_run calls this again when answers have gone out). A frame
- * that cannot be a query (shorter than a header, longer than
- * QUERY_MAX_BYTES) closes the connection: the stream cannot be trusted to
- * be in sync after it.
+ * buffer (loop_run calls this again when answers have gone out). Any
+ * frame size is taken (RFC 1035 4.2.2); a frame too short to be a query
+ * (it has no ID to answer) closes the connection.
  */
 static void
 client_take_frames(struct client_conn *c)
@@ -3663,7 +4304,7 @@ client_take_frames(struct client_conn *c)
 	while (c->in_len - off >= 2 && c->inflight < MAX_INFLIGHT_PER_CLIENT) {
 		size_t mlen = get16(c->in + off);
 
-		if (mlen < DNS_HEADER_BYTES || mlen > QUERY_MAX_BYTES) {
+		if (mlen < DNS_HEADER_BYTES) {
 			log_debug("TCP client sent a %zu-byte frame: closed",
 			    mlen);
 			client_close(c);
@@ -3694,6 +4335,8 @@ client_on_readable(struct client_conn *c)
 {
 	ssize_t n;
 
+	if (c->in_len == CLIENT_IN_BYTES)
+		return;		/* whole frames wait for answers to go */
 	n = recv(c->fd, c->in + c->in_len, CLIENT_IN_BYTES - c->in_len, 0);
 	if (n < 0) {
 		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
@@ -3710,6 +4353,7 @@ client_on_readable(struct client_conn *c)
 	if (c->in_len == 0)
 		c->frame_start_ms = g.now_ms;
 	c->in_len += (size_t)n;
+	c->big |= c->in_len > CLIENT_SMALL_BYTES;
 	c->last_active_ms = g.now_ms;
 	client_take_frames(c);
 }
@@ -3795,8 +4439,9 @@ static struct {
 	struct iovec iov[UDP_BATCH];
 	union sockaddr_u peer[UDP_BATCH];
 	union udp_ctl ctl[UDP_BATCH];
-	/* One byte more than a query may have, to see that it is longer. */
-	unsigned char buf[UDP_BATCH][QUERY_MAX_BYTES + 1];
+	/* A longer datagram is cut (MSG_TRUNC): TC=1 sends its client to
+	 * TCP. Pages past the first of a slot are touched only by one. */
+	unsigned char buf[UDP_BATCH][UDP_QUERY_MAX_BYTES];
 } udp_rx;
 
 static struct {
@@ -3980,16 +4625,22 @@ udp_on_readable(size_t li)
 		from.peerlen = mh->msg_namelen;
 		if (l->wildcard)
 			udp_read_pktinfo(mh, &from);
-		query_receive(udp_rx.buf[i], udp_rx.hdr[i].msg_len, &from);
+		if (mh->msg_flags & MSG_TRUNC)
+			query_receive_oversized(udp_rx.buf[i],
+			    udp_rx.hdr[i].msg_len, &from);
+		else
+			query_receive(udp_rx.buf[i], udp_rx.hdr[i].msg_len,
+			    &from);
 	}
 }
 
 /* ==== query: from arrival to answer =================================== */
 /*
- * The only code that knows both ends: it validates a query, gives it a
- * pending slot and an upstream, and sends the answer (or an error) back
- * the way the query came. query_deliver() and query_fail() free the slot;
- * their callers MUST have detached it from its upstream first.
+ * The only code that knows both ends: it validates a query, answers it
+ * itself (errors, special-use names, the cache) or gives it a pending
+ * slot and a route (a forward zone, or an upstream), and sends the answer
+ * back the way the query came. query_deliver() and query_fail() detach
+ * the slot from its route (query_detach) and free it.
  */
 
 static void
@@ -4026,21 +4677,58 @@ query_name_text(const unsigned char *m, size_t qend, char *out, size_t outlen)
 	out[o] = '\0';
 }
 
-/* An answer from an upstream or a zone server for a pending query:
- * cached, then sent as the client asked. */
+/* Takes a slot off its route (an upstream's queue or connection, a
+ * zone's sockets); idempotent. */
 static void
-query_deliver(int slot, unsigned char *msg, size_t len)
+query_detach(int slot)
 {
 	struct pending_query *p = &g.pending[slot];
 
-	cache_store(msg, &len, p->qend, p->cache_key);
-	len = dns_answer_for_client(msg, len, p->query, p->qend, p->client_id,
-	    p->has_opt, p->udp_limit);
+	if (p->route == ROUTE_UPSTREAM)
+		upstream_detach(slot);
+	else if (p->route == ROUTE_ZONE)
+		zone_detach(slot);
+	p->route = ROUTE_NONE;
+}
+
+/* The largest UDP answer a pending query's client takes; 0 over TCP. */
+static size_t
+query_udp_limit(const struct pending_query *p)
+{
+	return p->from.kind == ORIGIN_UDP ? p->qi.udp_limit : 0;
+}
+
+/*
+ * An answer from an upstream or a zone server for a pending query (its
+ * ID and question checked): prepared, cached, then sent as the client
+ * asked. It is prepared in a buffer of its own: the upstream's stream
+ * buffer holds the next answers right after it, and an answer without
+ * an OPT gets one (a few hundred bytes copied; no system call).
+ */
+static void
+query_deliver(int slot, const unsigned char *answer, size_t len)
+{
+	static unsigned char msg[MSG_MAX_BYTES + DNS_OPT_BYTES];
+	struct pending_query *p = &g.pending[slot];
+	uint32_t ttl;
+
+	query_detach(slot);
+	memcpy(msg, answer, len);
+	len = dns_prepare_answer(msg, len, MSG_MAX_BYTES, p->qi.qend,
+	    g.cache.min_ttl_s, g.cache.max_ttl_s, &ttl);
+	if (len != 0 && (p->cache_key >> 3) != 0)
+		msg[3] &= (unsigned char)~DNS_FLAG_AD;	/* plain DNS: AD says
+						 * nothing a path could not forge */
+	if (len != 0) {
+		cache_store(msg, len, p->qi.qend, p->cache_key, ttl);
+		len = dns_answer_for_client(msg, len, p->query, &p->qi,
+		    query_udp_limit(p));
+	}
 	if (len == 0) {
 		if (ratelimit_ok(&g.rl_mismatch))
 			log_warn("%s answer is malformed: client gets "
-			    "SERVFAIL", p->upstream >= MAX_UPSTREAMS ?
-			    "a forward zone's" : "an upstream's");
+			    "SERVFAIL", p->cache_key >> 3 ? "a forward zone's" :
+			    "an upstream's");
 		query_fail(slot, DNS_RCODE_SERVFAIL);
 		return;
 	}
@@ -4061,13 +4749,13 @@ query_serve_stale(struct pending_query *p)
 
 	if (g.cache.stale_s == 0)
 		return 0;
-	e = cache_find(p->query, p->qend, p->cache_key,
-	    cache_hash(p->query, p->qend, p->cache_key));
+	e = cache_find(p->query, p->qi.qend, p->cache_key,
+	    cache_hash(p->query, p->qi.qend, p->cache_key));
 	if (e < 0)
 		return 0;
 	len = cache_get(e, out, 1);
-	len = dns_answer_for_client(out, len, p->query, p->qend, p->client_id,
-	    p->has_opt, p->udp_limit);
+	len = dns_answer_for_client(out, len, p->query, &p->qi,
+	    query_udp_limit(p));
 	if (len == 0)
 		return 0;
 	g.cache.stale++;
@@ -4079,16 +4767,15 @@ static void
 query_fail(int slot, int rcode)
 {
 	struct pending_query *p = &g.pending[slot];
-	unsigned char out[DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4 +
-	    DNS_OPT_FIXED_BYTES];
+	unsigned char out[DNS_ERROR_MAX_BYTES];
 	size_t len;
 
+	query_detach(slot);
 	if (rcode == DNS_RCODE_SERVFAIL && query_serve_stale(p)) {
 		pending_free(slot);
 		return;
 	}
-	len = dns_make_error(out, p->query, p->qend, p->client_id, p->has_opt,
-	    rcode);
+	len = dns_make_error(out, p->query, &p->qi, rcode);
 	if (rcode == DNS_RCODE_SERVFAIL)
 		g.n_servfail++;
 	query_send(&p->from, out, len);
@@ -4110,8 +4797,8 @@ query_from_cache(const unsigned char *msg, const struct dns_query_info *qi,
 		g.cache.misses++;
 		return 0;
 	}
-	len = dns_answer_for_client(out, len, msg, qi->qend, qi->id,
-	    qi->has_opt, from->kind == ORIGIN_UDP ? qi->udp_limit : 0);
+	len = dns_answer_for_client(out, len, msg, qi,
+	    from->kind == ORIGIN_UDP ? qi->udp_limit : 0);
 	if (len == 0)
 		return 0;
 	g.cache.hits++;
@@ -4124,10 +4811,8 @@ static void
 query_reply_error(const unsigned char *msg, const struct dns_query_info *qi,
     const struct origin *from, int rcode)
 {
-	unsigned char out[DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4 +
-	    DNS_OPT_FIXED_BYTES];
-	size_t len = dns_make_error(out, msg, qi->qend, qi->id, qi->has_opt,
-	    rcode);
+	unsigned char out[DNS_ERROR_MAX_BYTES];
+	size_t len = dns_make_error(out, msg, qi, rcode);
 
 	if (rcode == DNS_RCODE_SERVFAIL)
 		g.n_servfail++;
@@ -4135,13 +4820,37 @@ query_reply_error(const unsigned char *msg, const struct dns_query_info *qi,
 }
 
 /*
+ * A UDP datagram longer than UDP_QUERY_MAX_BYTES (its end is lost): TC=1
+ * with its question, so that the client asks again over TCP, where any
+ * size is taken.
+ */
+static void
+query_receive_oversized(const unsigned char *msg, size_t len,
+    const struct origin *from)
+{
+	struct dns_query_info qi;
+
+	g.n_udp_queries++;
+	if (dns_parse_query(msg, len, &qi) == DNS_DROP)
+		return;
+	if (!trust_allowed(&from->peer)) {
+		g.n_refused++;
+		query_reply_error(msg, &qi, from, DNS_RCODE_REFUSED);
+		return;
+	}
+	query_reply_error(msg, &qi, from, DNS_REPLY_TC);
+}
+
+/*
  * A query from a client (UDP datagram or TCP frame): answered at once if
- * it is malformed, in the cache, or nothing can take it; else sent to its
- * forward zone's server, or queued on the preferred usable upstream.
+ * it is malformed, not allowed, for a special-use name, in the cache, or
+ * nothing can take it; else sent to its forward zone's server, or queued
+ * on the preferred usable upstream.
  */
 static void
 query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 {
+	unsigned char out[DNS_LOCAL_MAX_BYTES];
 	struct dns_query_info qi;
 	struct pending_query *p;
 	int rc, slot, up, zi;
@@ -4157,15 +4866,15 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 			client_answer(from->slot, from->gen, NULL, 0);
 		return;
 	}
-	if (rc != 0) {
-		query_reply_error(msg, &qi, from, rc);
-		return;
-	}
 	if (!trust_allowed(&from->peer)) {
 		/* Not an open resolver: REFUSED (RFC 8906 3.1.5), small and
-		 * no larger than the query. */
+		 * no larger than the query, whatever else it is. */
 		g.n_refused++;
 		query_reply_error(msg, &qi, from, DNS_RCODE_REFUSED);
+		return;
+	}
+	if (rc != 0) {
+		query_reply_error(msg, &qi, from, rc);
 		return;
 	}
 	if (g.log_level >= LOG_DEBUG) {
@@ -4175,9 +4884,14 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 		log_debug("query %s type %u over %s", name, qi.qtype,
 		    from->kind == ORIGIN_UDP ? "UDP" : "TCP");
 	}
+	if ((len = dns_local_answer(out, msg, &qi)) != 0) {
+		g.n_local++;
+		query_send(from, out, len);
+		return;
+	}
 	zi = g.n_zones == 0 ? -1 : dns_match_zone(msg, DNS_HEADER_BYTES,
 	    g.zone_names, g.zone_lens, g.n_zones);
-	key = cache_key(qi.do_bit, msg[3] & DNS_FLAG_CD, (unsigned)(zi + 1));
+	key = cache_key(&qi, (unsigned)(zi + 1));
 	if (g.cache.n_blocks != 0 && query_from_cache(msg, &qi, from, key))
 		return;
 	slot = pending_alloc();
@@ -4190,29 +4904,15 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 	}
 	p = &g.pending[slot];
 	p->from = *from;
-	p->client_id = qi.id;
-	p->has_opt = (uint8_t)qi.has_opt;
+	p->qi = qi;
 	p->cache_key = key;
-	p->udp_limit = from->kind == ORIGIN_UDP ? qi.udp_limit : 0;
-	p->qend = (uint16_t)qi.qend;
-	len = qi.msg_end;	/* trailing bytes would break padding */
-	memcpy(p->query, msg, len);
+	/* Plain DNS to a private server has nothing to pad for. */
+	p->qlen = (uint16_t)dns_build_query(p->query, msg, &qi,
+	    zi >= 0 ? 0 : g.pad_block);
 	if (zi >= 0) {
-		/* Plain DNS to a private server: nothing to pad for. */
-		p->qlen = (uint16_t)len;
 		zone_send((size_t)zi, slot);
 		return;
 	}
-	if (g.pad_block != 0) {
-		size_t padded = dns_pad_query(p->query, len, PENDING_QUERY_BYTES,
-		    qi.qend, g.pad_block);
-
-		if (padded != 0)
-			len = padded;
-		else
-			memcpy(p->query, msg, len);	/* left as it came */
-	}
-	p->qlen = (uint16_t)len;
 	up = upstream_pick();
 	if (up < 0) {
 		upstream_none_usable();
@@ -4234,14 +4934,12 @@ loop_expire(void)
 	while (g.age_head >= 0 &&
 	    g.pending[g.age_head].deadline_ms <= g.now_ms) {
 		int slot = g.age_head;
-		unsigned route = g.pending[slot].upstream;
+		struct pending_query *p = &g.pending[slot];
 
 		log_debug("query timed out: SERVFAIL");
-		if (route >= MAX_UPSTREAMS && g.pending[slot].state ==
-		    PENDING_SENT)
-			zone_error(&g.zones[route - MAX_UPSTREAMS],
-			    "no answer in time", ETIMEDOUT);
-		upstream_detach(slot);
+		if (p->route == ROUTE_ZONE)
+			zone_error(&g.zones[p->route_idx], "no answer in time",
+			    ETIMEDOUT);
 		query_fail(slot, DNS_RCODE_SERVFAIL);
 	}
 	for (i = 0; i < g.n_upstreams; i++)
@@ -4308,16 +5006,7 @@ loop_dispatch(fd_set *rd, fd_set *wr)
 		    FD_ISSET(fd, rd))
 			client_on_readable(c);
 	}
-	for (i = 0; i < MAX_ZONE_TCP; i++) {
-		struct zone_tcp *t = &g.ztcp[i];
-		int fd = t->fd;
-
-		if (t->state != ZTCP_FREE)
-			zone_tcp_io((int)i, FD_ISSET(fd, rd), FD_ISSET(fd, wr));
-	}
-	for (i = 0; i < g.n_zones; i++)
-		if (FD_ISSET(g.zones[i].udp_fd, rd))
-			zone_on_readable(i);
+	zone_dispatch(rd, wr);
 	if (g.draining)
 		return;		/* listeners are not watched any more */
 	for (i = 0; i < g.n_listeners; i++)
@@ -4360,12 +5049,8 @@ loop_drain_done(void)
 	int busy = 0;
 
 	if (g_stop_count > 1 || g.now_ms >= g.drain_deadline_ms) {
-		while (g.age_head >= 0) {
-			int slot = g.age_head;
-
-			upstream_detach(slot);
-			query_fail(slot, DNS_RCODE_SERVFAIL);
-		}
+		while (g.age_head >= 0)
+			query_fail(g.age_head, DNS_RCODE_SERVFAIL);
 		udp_flush();
 		return 1;
 	}
@@ -4429,28 +5114,6 @@ loop_log_stats(void)
 	(void)!write(2, line, o);
 }
 
-/* Adds zone sockets to the fd sets. */
-static void
-loop_want_zones(fd_set *rd, fd_set *wr, int *maxfd)
-{
-	size_t i;
-
-	for (i = 0; i < g.n_zones; i++) {
-		FD_SET(g.zones[i].udp_fd, rd);
-		if (g.zones[i].udp_fd > *maxfd)
-			*maxfd = g.zones[i].udp_fd;
-	}
-	for (i = 0; i < MAX_ZONE_TCP; i++) {
-		struct zone_tcp *t = &g.ztcp[i];
-
-		if (t->state == ZTCP_FREE)
-			continue;
-		FD_SET(t->fd, t->state == ZTCP_READING ? rd : wr);
-		if (t->fd > *maxfd)
-			*maxfd = t->fd;
-	}
-}
-
 /* Runs until SIGTERM or SIGINT, and the drain after it. */
 static void
 loop_run(void)
@@ -4503,7 +5166,7 @@ loop_run(void)
 			upstream_want(&g.upstreams[i], &rd, &wr, &maxfd);
 		for (i = 0; i < MAX_TCP_CLIENTS; i++)
 			client_want(&g.clients[i], &rd, &wr, &maxfd);
-		loop_want_zones(&rd, &wr, &maxfd);
+		zone_want(&rd, &wr, &maxfd);
 		if (udp_tx.n > 0)
 			udp_flush();	/* this pass's answers, in one call */
 		ms = loop_timeout_ms();
@@ -4845,16 +5508,17 @@ config_parse_zone(const char *spec, struct zone *z)
 	return NULL;
 }
 
-/* Opens a zone's connected UDP socket (start-up: fatal on error). */
+/* Checks at start-up that a zone's server can be reached at all (an
+ * IPv6 server on a host without IPv6): fatal if not. Each query later
+ * has its own socket (zone_send). */
 static void
-config_open_zone(struct zone *z)
+config_check_zone(const struct zone *z)
 {
-	z->udp_fd = socket(z->addr.sa.sa_family, SOCK_DGRAM | SOCK_NONBLOCK |
-	    SOCK_CLOEXEC, 0);
-	if (z->udp_fd < 0 || connect(z->udp_fd, &z->addr.sa, z->addrlen) < 0)
+	int fd = zone_socket(z, SOCK_DGRAM);
+
+	if (fd < 0)
 		die("forward zone %s: %s", z->label, strerror(errno));
-	if (util_random(&z->id_key, sizeof z->id_key) < 0)
-		die("getrandom failed: %s", strerror(errno));
+	close(fd);
 }
 
 /* Parses a byte count with an optional k or m suffix (--cache-size). */
@@ -5396,15 +6060,11 @@ config_start(const struct start_opts *o)
 	g.cache.min_ttl_s = o->cache_min_ttl;
 	g.cache.max_ttl_s = o->cache_max_ttl;
 	g.cache.stale_s = o->serve_stale;
+	zone_init();
 	for (i = 0; i < g.n_zones; i++) {
-		config_open_zone(&g.zones[i]);
+		config_check_zone(&g.zones[i]);
 		g.zone_names[i] = g.zones[i].name;
 		g.zone_lens[i] = g.zones[i].name_len;
-	}
-	for (i = 0; i < MAX_ZONE_TCP; i++) {
-		g.ztcp[i].fd = -1;
-		g.ztcp[i].slot = -1;
-		g.ztcp[i].buf = g.ztcp_bufs[i];
 	}
 	if (o->ca_file != NULL)
 		anchors_load_file(o->ca_file);

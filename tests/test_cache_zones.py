@@ -135,10 +135,11 @@ def warn_lines(p):
 
 def test_cache_hit_udp_then_udp_and_tcp(proxies, fake_dot):
     """A UDP miss, then hits over UDP and TCP that never reach the upstream:
-    each with the client's ID, the client's spelling of the name, RD as the
-    client sent it, AA cleared (the upstream set it), no OPT when the client
-    sent none, and no Padding (the upstream padded its answers). A TCP miss
-    is then a TCP hit too."""
+    each with the client's ID, the client's spelling of the name, AA cleared
+    (the upstream set it), no OPT when the client sent none, and no Padding
+    (the upstream padded its answers). A TCP miss is then a TCP hit too.
+    RD is part of the key (an RD=0 answer may be a bare CNAME): an RD=0
+    query is a miss of its own, and then a hit with RD echoed as 0."""
     f = fake_dot(aa=True, pad_answers=True)
     p = proxies.start(spec(f.port))
     r = ask(p, "q21.Cache.Test", qid=1001, edns=True)
@@ -146,26 +147,32 @@ def test_cache_hit_udp_then_udp_and_tcp(proxies, fake_dot):
     assert r.id == 1001 and seen(f, "q21.cache.test") == 1
     assert not [o for o in r.options if o.otype == PADDING], r.options
 
-    r = ask(p, "Q21.CACHE.TEST", qid=1002, rd=False)
+    r = ask(p, "Q21.CACHE.TEST", qid=1002)
     assert_a(r, "Q21.CACHE.TEST")
     assert r.id == 1002
-    assert not r.flags & dns.flags.RD, "RD not echoed as 0: %s" % dns.flags.to_text(r.flags)
     assert not r.flags & dns.flags.AA, "AA set on a cache hit"
     assert r.edns < 0, "OPT in the answer to a query without one: %s" % r
     assert seen(f, "q21.cache.test") == 1, "UDP hit reached the upstream"
+
+    ask(p, "q21.cache.test", qid=1004, rd=False)
+    assert seen(f, "q21.cache.test") == 2, "an RD=0 query was answered from an RD=1 entry"
+    r = ask(p, "Q21.CACHE.TEST", qid=1005, rd=False)
+    assert_a(r, "Q21.CACHE.TEST")
+    assert not r.flags & dns.flags.RD, "RD not echoed as 0: %s" % dns.flags.to_text(r.flags)
+    assert seen(f, "q21.cache.test") == 2, "RD=0 hit reached the upstream"
 
     r = ask(p, "q21.cache.TEST", tcp=True, qid=1003, edns=True)
     assert_a(r, "q21.cache.TEST")
     assert r.id == 1003 and r.flags & dns.flags.RD and not r.flags & dns.flags.AA
     assert r.edns == 0, "OPT missing for a client that sent one"
     assert not [o for o in r.options if o.otype == PADDING], "Padding in a hit: %s" % r.options
-    assert seen(f, "q21.cache.test") == 1, "TCP hit after a UDP miss reached the upstream"
+    assert seen(f, "q21.cache.test") == 2, "TCP hit after a UDP miss reached the upstream"
 
     assert_a(ask(p, "q22.cache.test", tcp=True, qid=7), "q22.cache.test")
     r = ask(p, "Q22.cache.test", tcp=True, qid=8)
     assert_a(r, "Q22.cache.test")
     assert r.id == 8 and seen(f, "q22.cache.test") == 1, "TCP hit reached the upstream"
-    assert f.queries == 2, [q.msg().question for q in f.all_queries()]
+    assert f.queries == 3, [q.msg().question for q in f.all_queries()]
 
 
 def test_cache_ttl_counts_down(proxies, fake_dot):

@@ -3,13 +3,49 @@
  * a NUL-terminated string: config_parse_upstream (IP@PORT#NAME^pins),
  * config_parse_addr, config_parse_zone, config_parse_size,
  * trust_parse_range, trust_parse_pin, config_parse_user,
- * config_domain_to_wire and config_valid_hostname.
+ * config_domain_to_wire and config_valid_hostname; and util_parse_uint,
+ * under every numeric option, against a reference that cannot overflow
+ * (issue #9: 4294967296 is no uid 0, on 32-bit targets either).
  */
 #define DOTPROXY_NO_MAIN
 #include "../../dotproxy.c"
 #include "fuzz_util.h"
 
+#include <limits.h>
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* util_parse_uint against a reference that cannot overflow: digits
+ * only, and the value compared digit by digit with max as text. */
+static void
+check_parse_uint(const char *s, unsigned long min, unsigned long max)
+{
+	char maxs[32];
+	size_t n = strlen(s), ml, i;
+	unsigned long v = 12345;
+	int digits = n > 0, rc;
+	const char *d = s;
+
+	for (i = 0; i < n; i++)
+		if (s[i] < '0' || s[i] > '9')
+			digits = 0;
+	rc = util_parse_uint(s, min, max, &v);
+	if (!digits) {
+		FUZZ_ASSERT(rc < 0 && v == 12345);
+		return;
+	}
+	while (d[0] == '0' && d[1] != '\0')	/* leading zeros */
+		d++;
+	snprintf(maxs, sizeof maxs, "%lu", max);
+	ml = strlen(maxs);
+	n = strlen(d);
+	if (n > ml || (n == ml && strcmp(d, maxs) > 0)) {
+		FUZZ_ASSERT(rc < 0);	/* above max, however long */
+		return;
+	}
+	FUZZ_ASSERT(rc == 0 ? v >= min && v <= max && v == strtoul(d, NULL,
+	    10) : strtoul(d, NULL, 10) < min);
+}
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -53,6 +89,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (n != 0)
 		FUZZ_ASSERT(dns_check_name(wire, n, 0) == n);
 	(void)config_valid_hostname(s);
+	/* numbers: at 16, 31 and 32 bits, and the whole unsigned long */
+	check_parse_uint(s, 0, 65535);
+	check_parse_uint(s, 1, 0x7FFFFFFFUL);
+	check_parse_uint(s, 0, 0xFFFFFFFFUL);
+	check_parse_uint(s, 0, ULONG_MAX);
+	check_parse_uint(s, 0, ULONG_MAX / 10 * 10 + 4);
 	free(s);
 	return 0;
 }

@@ -5,8 +5,12 @@
  * client_on_readable() reads it as the loop would (only while the slot
  * would be in the read set). There are no upstreams, so every query that
  * parses gets SERVFAIL from query_receive() (upstream_none_usable) and
- * nothing touches the network. Checks that every answer that comes back
- * is a well-framed DNS response and that no pending slot leaks.
+ * nothing touches the network. Checks that the answers that come back
+ * are those of the client's queries, in order (ID, RD, question, the
+ * OPT iff the query had one, with its DO bit; the RCODE: REFUSED for a
+ * client outside --allow, else the query's error, a local answer or
+ * SERVFAIL), each a well-formed
+ * message, and that no pending slot leaks.
  *
  * Input: byte 0 picks the client's address (bit 0: allowed or not, so
  * both the REFUSED and SERVFAIL paths run) and seeds the chunk sizes; the
@@ -38,8 +42,99 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
-/* Reads what the proxy sent back and checks the framing: each frame is
- * a response at least a header long. */
+/* What the client's frames should get back, in order (every query is
+ * answered at once: there is no upstream). */
+#define MAX_EXPECT 4096
+static struct expect {
+	const unsigned char *query;	/* the frame's body, in the input */
+	struct dns_query_info qi;
+	unsigned rcode;		/* 16: BADVERS; 256: a local answer */
+} expect[MAX_EXPECT];
+static size_t n_expect, n_back;
+static int allowed;
+
+/* The frames of the input, as client_take_frames() cuts them: a frame
+ * shorter than a header ends the connection; a response gets nothing. */
+static void
+expect_frames(const uint8_t *d, size_t n)
+{
+	size_t off = 0;
+
+	n_expect = n_back = 0;
+	while (n - off >= 2 && n_expect < MAX_EXPECT) {
+		size_t mlen = get16(d + off);
+		struct expect *e = &expect[n_expect];
+		int rc;
+
+		if (mlen < DNS_HEADER_BYTES || n - off < 2 + mlen)
+			break;
+		rc = dns_parse_query(d + off + 2, mlen, &e->qi);
+		e->query = d + off + 2;
+		off += 2 + mlen;
+		if (rc == DNS_DROP)
+			continue;
+		if (!allowed)		/* whatever else it is */
+			e->rcode = DNS_RCODE_REFUSED;
+		else if (rc != 0)
+			e->rcode = (unsigned)rc;
+		else if (dns_match_zone(e->query, DNS_HEADER_BYTES,
+		    dns_local_zones, dns_local_lens, 4) >= 0)
+			e->rcode = 256;
+		else
+			e->rcode = DNS_RCODE_SERVFAIL;
+		n_expect++;
+	}
+}
+
+/* One answer that came back: the next one expected, for its query. */
+static void
+check_answer(const unsigned char *m, size_t len)
+{
+	const struct expect *e;
+	struct dns_summary s;
+	size_t qe;
+	unsigned rcode;
+
+	FUZZ_ASSERT(len >= DNS_HEADER_BYTES);
+	FUZZ_ASSERT(m[2] & DNS_FLAG_QR);
+	FUZZ_ASSERT(n_back < n_expect || n_expect == MAX_EXPECT);
+	if (n_back >= n_expect) {
+		n_back++;
+		return;
+	}
+	e = &expect[n_back++];
+	qe = e->qi.qend ? e->qi.qend : DNS_HEADER_BYTES;
+	FUZZ_ASSERT(get16(m) == e->qi.id);
+	FUZZ_ASSERT((m[2] & DNS_FLAG_RD) == e->qi.rd);
+	FUZZ_ASSERT(get16(m + 4) == (e->qi.qend != 0));
+	FUZZ_ASSERT(len >= qe);
+	FUZZ_ASSERT(memcmp(m + DNS_HEADER_BYTES, e->query + DNS_HEADER_BYTES,
+	    qe - DNS_HEADER_BYTES) == 0);
+	FUZZ_ASSERT(dns_summarize(m, len, qe, &s) == 0);
+	FUZZ_ASSERT(s.end == len);
+	FUZZ_ASSERT(fuzz_count_opt(m, len, qe, NULL) == (s.opt_end != 0));
+	/* the OPT iff the query had a well-formed one, with its DO bit */
+	FUZZ_ASSERT((s.opt_end != 0) == e->qi.has_opt);
+	if (s.opt_end != 0) {
+		FUZZ_ASSERT(s.opt_end == len);
+		FUZZ_ASSERT(get16(m + s.opt_start + 3) == UDP_ADVERTISE_BYTES);
+		FUZZ_ASSERT(m[s.opt_start + 7] == (e->qi.do_bit ? 0x80 : 0));
+	}
+	rcode = (m[3] & 0x0Fu) |
+	    (s.opt_end ? (unsigned)m[s.opt_start + 5] << 4 : 0);
+	if (e->rcode == 256)
+		FUZZ_ASSERT(rcode == 0 || rcode == DNS_RCODE_NXDOMAIN ||
+		    rcode == DNS_RCODE_REFUSED);
+	else if (e->rcode == DNS_RCODE_BADVERS && !e->qi.has_opt)
+		FUZZ_ASSERT(0);		/* BADVERS needs an OPT */
+	else
+		FUZZ_ASSERT(rcode == e->rcode);
+	/* never an answer record but for a local name */
+	if (e->rcode != 256)
+		FUZZ_ASSERT(get16(m + 6) == 0 && get16(m + 8) == 0);
+}
+
+/* Reads what the proxy sent back and checks each frame. */
 static void
 drain(int fd, unsigned char *buf, size_t *len, size_t cap)
 {
@@ -58,8 +153,7 @@ drain(int fd, unsigned char *buf, size_t *len, size_t cap)
 
 			if (*len - off < 2 + mlen)
 				break;
-			FUZZ_ASSERT(mlen >= DNS_HEADER_BYTES);
-			FUZZ_ASSERT(buf[off + 2 + 2] & DNS_FLAG_QR);
+			check_answer(buf + off + 2, mlen);
 			off += 2 + mlen;
 		}
 		memmove(buf, buf + off, *len - off);
@@ -79,6 +173,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	seed = data[0];
+	allowed = !(seed & 1);
+	expect_frames(data + 1, size - 1);
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0)
 		abort();
 	/* What client_accept() does, with an address of our choice. */
@@ -127,8 +223,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (c->state != CLIENT_FREE)
 		client_close(c);
 	close(sv[1]);
-	/* No upstream: every query was answered at once, none is pending. */
+	/* No upstream: every query was answered at once, none is pending;
+	 * the answers that came are those of the first queries, in order
+	 * (all of them unless the connection was closed: a timer) */
 	FUZZ_ASSERT(g.n_free == MAX_PENDING);
+	FUZZ_ASSERT(n_back <= n_expect || n_expect == MAX_EXPECT);
 	FUZZ_ASSERT(c->fd == -1);
 	return 0;
 }

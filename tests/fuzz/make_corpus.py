@@ -67,6 +67,24 @@ def queries():
     out["trailing"] = q("example.com", "A", use_edns=False).to_wire() + b"\0" * 7
     out["tsig-like"] = q("example.com", "A", use_edns=0).to_wire()[:-11] + \
         b"\x00\x00\xfa\x00\xff\x00\x00\x00\x00\x00\x00"
+    # Issue #9: special-use names, EDNS errors, exact types, big queries.
+    out["localhost-do"] = q("localhost", "A", use_edns=0, want_dnssec=True).to_wire()
+    out["onion"] = q("x.y.onion", "AAAA", use_edns=False).to_wire()
+    out["resolver-arpa"] = q("_dns.resolver.arpa", "SVCB", use_edns=0).to_wire()
+    out["localhost-ch"] = q("localhost", "TXT", use_edns=False, rdclass="CH").to_wire()
+    out["https-type65"] = q("Example.COM", "HTTPS", use_edns=0).to_wire()
+    out["badvers"] = q("example.com", "A", use_edns=1).to_wire()
+    notimp = q("example.com", "SOA", use_edns=0, want_dnssec=True)
+    notimp.set_opcode(dns.opcode.NOTIFY)
+    out["notimp-opt"] = notimp.to_wire()
+    opt_only = bytearray(q("example.com", "A", use_edns=0).to_wire())
+    out["qdcount0-opt"] = bytes(opt_only[:4]) + b"\0\0" + bytes(opt_only[6:12]) + \
+        bytes(opt_only[-11:])
+    tc = bytearray(q("example.com", "A", use_edns=0).to_wire())
+    tc[2] |= 0x02
+    out["tc-query"] = bytes(tc)
+    out["big-2000"] = q("example.com", "A", use_edns=0, options=[
+        dns.edns.GenericOption(65001, b"\x55" * 1950)]).to_wire(max_size=65535)
     return out
 
 
@@ -118,6 +136,41 @@ def answers():
     out["half-length"] = framed(a0) + b"\x01"
     out["big-prefix"] = b"\xff\xff" + a0
     out["twice"] = framed(a0, a0)
+    # Issue #9: the query that timed out (ID 4, never to be answered) and
+    # the one that took its slot (ID 5), EDNS options to strip, EDE to
+    # keep, AD, a negative TTL, glue RRsets to truncate.
+    late = q("late.example", "A", 4, use_edns=0, payload=1232)
+    new = q("new.example", "A", 5, use_edns=False)
+    for name, m, ip in (("late-id4", late, "192.0.2.4"), ("new-id5", new, "192.0.2.5")):
+        r = dns.message.make_response(m)
+        r.answer.append(dns.rrset.from_text(m.question[0].name, 60, "IN", "A", ip))
+        out[name] = framed(r.to_wire())
+    r = dns.message.make_response(hq[1])
+    r.answer.append(dns.rrset.from_text("example.com.", 60, "IN", "AAAA", "2001:db8::2"))
+    r.use_edns(0, dns.flags.DO, 1232, options=[
+        dns.edns.GenericOption(3, b"ns01"), dns.edns.GenericOption(10, b"\1" * 16),
+        dns.edns.GenericOption(15, b"\x00\x12stale"), dns.edns.GenericOption(11, b"\0\x64"),
+        dns.edns.GenericOption(12, b"\0" * 20)])
+    r.flags |= dns.flags.AD | dns.flags.AA
+    out["options-ede"] = framed(r.to_wire())
+    r = dns.message.make_response(hq[0])
+    r.answer.append(dns.rrset.from_text("example.com.", 60, "IN", "A", "192.0.2.9"))
+    r.flags |= dns.flags.AD
+    out["ad-no-opt"] = framed(r.to_wire())
+    neg = resp(2, rcode=dns.rcode.NXDOMAIN,
+               auth=[("test.", 300, "IN", "SOA", "ns.test. admin.test. 1 3600 600 86400 2"),
+                     ("test.", 3600, "IN", "NSEC", "zz.test. A NS SOA RRSIG NSEC")])
+    out["nxdomain-neg-ttl"] = framed(neg)
+    g = dns.message.make_response(hq[3])
+    g.answer.append(dns.rrset.from_text("big.example.test.", 60, "IN", "TXT", '"%s"' % ("t" * 200)))
+    for i in range(30):
+        g.additional.append(dns.rrset.from_text("ns%d.example.test." % i, 60, "IN", "A",
+                                                "192.0.2.%d" % i, "198.51.100.%d" % i))
+    out["glue-rrsets"] = framed(g.to_wire(max_size=65535))
+    # Unframed: the stream part finds nothing, direct() takes it whole;
+    # at 512 bytes the cut falls inside an RRset of two addresses.
+    g.answer[0] = dns.rrset.from_text("big.example.test.", 60, "IN", "TXT", '"%s"' % ("t" * 210))
+    out["glue-rrsets-direct"] = g.to_wire(max_size=65535)
     return out
 
 
@@ -171,6 +224,9 @@ def main():
     write("fuzz_tcp", "short-frame", b"\x00" + fr(b"\0" * 5))
     write("fuzz_tcp", "long-frame", b"\x00\x10\x00" + b"\0" * 64)
     write("fuzz_tcp", "split", b"\x07" + fr(qs["long-name"]) * 3)
+    write("fuzz_tcp", "local-badvers", b"\x04" + fr(qs["localhost-do"]) + fr(qs["badvers"]) +
+          fr(qs["localhost-ch"]) + fr(qs["onion"]) + fr(qs["notimp-opt"]) + fr(qs["tc-query"]))
+    write("fuzz_tcp", "big-frame", b"\x00" + fr(qs["big-2000"]) + fr(qs["a"]))
     for k, v in answers().items():
         write("fuzz_answer", k, v)
     der, pin = certs()
