@@ -48,6 +48,13 @@ def pki(tmp_path_factory):
         other_root = str(d / "other-root.pem")
         other_chain = str(d / "other-chain.pem")
         other_key = str(d / "other-leaf.key")
+        leaf = str(d / "leaf.pem")
+        # under the main intermediate: a valid chain for another name (evil.test) ...
+        wrongname_chain = str(d / "wrongname-chain.pem")
+        wrongname_key = str(d / "wrongname.key")
+        # ... and one for the right name with another key than leaf.pem's (pin failures)
+        rogue_chain = str(d / "rogue-chain.pem")
+        rogue_key = str(d / "rogue.key")
     return P
 
 

@@ -8,8 +8,10 @@
 #   build: musl-gcc (musl-tools), make, gcc + libc headers (for the host tool brssl), ar
 #          (binutils), and dpkg-dev when BearSSL is still to be fetched from Debian.
 #   test:  build's, plus unbound, dig (dnsutils), kdig (knot-dnsutils), openssl, ps (procps), ip (iproute2),
-#          /usr/bin/python3 with the modules dns (python3-dnspython), pytest (python3-pytest)
-#          and yaml (python3-yaml); shellcheck, systemd-analyze (systemd) for the deployment files;
+#          /usr/bin/python3 with the modules dns (python3-dnspython), pytest (python3-pytest),
+#          yaml (python3-yaml) and cryptography (python3-cryptography: tests/test_differential.py
+#          signs a DNSSEC zone with dnspython; tests/tlsattack.py, the scripted TLS attacker of
+#          tests/test_attack_tls.py, uses its AEAD ciphers); shellcheck, systemd-analyze (systemd) for the deployment files;
 #          clang with its sanitizer and libFuzzer runtimes (clang, libclang-rt-dev) for make fuzz
 #          and make test-asan, and valgrind (tests/test_valgrind.py).
 #   cross: (make cross, make test-cross) build's, plus Debian's cross compilers for aarch64,
@@ -71,6 +73,7 @@ check() {
 		need python3-dnspython /usr/bin/python3 -c 'import dns.message'
 		need python3-pytest /usr/bin/python3 -c 'import pytest'
 		need python3-yaml /usr/bin/python3 -c 'import yaml'
+		need python3-cryptography /usr/bin/python3 -c 'import cryptography.hazmat.primitives.ciphers.aead'
 		need shellcheck have shellcheck
 		need systemd have systemd-analyze
 		need clang have clang

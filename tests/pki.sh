@@ -4,6 +4,11 @@
 #   SAN IP 127.0.0.1 and ::1); chain.pem = leaf + intermediate; leaf.key.
 # Plus an unrelated second hierarchy: other-root.pem -> other-leaf.pem (same names),
 #   other-chain.pem, other-leaf.key (used for the "untrusted root" cases).
+# Plus two more leaves under the main intermediate, for tests/test_attack_tls.py:
+#   wrongname-chain.pem, wrongname.key: ECDSA leaf for evil.test (CN/SAN), a valid chain for
+#     the wrong name;
+#   rogue-chain.pem, rogue.key: ECDSA leaf for NAME with a new key: a valid chain for the right
+#     name, but not the key of leaf.pem (fails a pin of leaf.pem's key).
 # usage: pki.sh DIR [NAME]
 set -eu
 d=$1; name=${2:-dns.test}
@@ -37,9 +42,25 @@ ossl x509 -req -in other-leaf.csr -CA other-root.pem -CAkey other-root.key -CAcr
   -out other-leaf.pem -days 365 -extfile leaf.ext
 cp other-leaf.pem other-chain.pem
 
+# more leaves under the main intermediate
+ossl ecparam -name prime256v1 -genkey -noout -out wrongname.key
+ossl req -new -key wrongname.key -out wrongname.csr -subj "/CN=evil.test"
+printf 'subjectAltName=DNS:evil.test\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n' \
+  > wrongname.ext
+ossl x509 -req -in wrongname.csr -CA int.pem -CAkey int.key -CAcreateserial -out wrongname.pem \
+  -days 365 -extfile wrongname.ext
+cat wrongname.pem int.pem > wrongname-chain.pem
+ossl ecparam -name prime256v1 -genkey -noout -out rogue.key
+ossl req -new -key rogue.key -out rogue.csr -subj "/CN=$name"
+ossl x509 -req -in rogue.csr -CA int.pem -CAkey int.key -CAcreateserial -out rogue.pem \
+  -days 365 -extfile leaf.ext
+cat rogue.pem int.pem > rogue-chain.pem
+
 # sanity: the chains verify against their own roots only
 openssl verify -CAfile root.pem -untrusted int.pem leaf.pem >/dev/null
 openssl verify -CAfile other-root.pem other-leaf.pem >/dev/null
+openssl verify -CAfile root.pem -untrusted int.pem wrongname.pem >/dev/null
+openssl verify -CAfile root.pem -untrusted int.pem rogue.pem >/dev/null
 if openssl verify -CAfile other-root.pem -untrusted int.pem leaf.pem >/dev/null 2>&1; then
   echo "pki.sh: unrelated root unexpectedly verifies the main leaf" >&2; exit 1
 fi
