@@ -172,3 +172,35 @@ def test_formerr_on_garbage(cross_proxy):
         assert rid == 0xBEEF and flags & 0x8000 and flags & 0xF == dns.rcode.FORMERR
     # and it still serves afterwards
     assert a_addrs(query_udp(cross_proxy.port, "example.test", timeout=TIMEOUT)) == EXAMPLE
+
+
+# ---------------------------------------------------------------- numbers (issue #9)
+# A value that overflows 32 bits must be refused on the 32-bit targets (armhf, mips, mipsel)
+# too, before anything is bound: a wrapped --user 4294967296 would be uid 0, a wrapped port
+# 4294967349 (53 + 2^32) port 53. The run is bounded: a binary that takes the value starts
+# serving and is killed after the timeout (exit status None).
+OVERFLOW_PORT = "4294967349"
+NUMBER_CASES = {
+    "user": (["--user", "4294967296"], "bad --user '4294967296'"),
+    "timeout": (["--timeout", "4294967297"], "bad --timeout '4294967297'"),
+    "listen-port": (["-l", "127.0.0.1@" + OVERFLOW_PORT], OVERFLOW_PORT),
+    "upstream-port": (["-u", "127.0.0.1@%s#dns.test" % OVERFLOW_PORT], OVERFLOW_PORT),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NUMBER_CASES))
+@pytest.mark.parametrize("arch", WANT)
+def test_number_overflow_rejected(arch, case):
+    """Exit 1 with a message naming the value, no "ready" line, under qemu-user."""
+    binary = os.path.join(helpers.REPO, "dotproxy-" + arch)
+    assert os.path.isfile(binary), "%s missing: run `make cross`" % binary
+    qemu = qemu_for(ARCHES[arch][0])
+    if qemu is None:
+        pytest.fail("qemu-%s-static not installed (tests/deps.sh cross)" % ARCHES[arch][0])
+    extra, want = NUMBER_CASES[case]
+    args = [] if extra[0] == "-l" else ["-l", "127.0.0.1@%d" % free_port()]
+    args += [] if extra[0] == "-u" else ["-u", "127.0.0.1@1#dns.test"]
+    r = helpers.run_dotproxy(binary, args + extra, timeout=10, cmd_prefix=[qemu])
+    assert r.returncode == 1 and want in r.stderr and "ready" not in r.stderr, \
+        "%s %s: expected exit 1 with %r before binding, got exit %r, stderr:\n%s" % (
+            arch, " ".join(extra), want, r.returncode, r.stderr)
