@@ -84,6 +84,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -162,9 +163,14 @@
 #define HANDSHAKE_TIMEOUT_MS	5000	/* TCP connect + TLS handshake */
 #define UPSTREAM_IDLE_MS	9000	/* below Cloudflare's 10 s (stubby#183);
 					 * --idle-timeout */
-#define STALL_MIN_MS		1000	/* a connection silent for max(this,
-					 * timeout / 2) with queries in flight
-					 * is dead (half-open after a WAN change) */
+#define STALL_MIN_MS		1000	/* silent for max(this, timeout / 2) with
+					 * queries in flight: suspect (ask another
+					 * upstream too), not yet dropped */
+#define USER_TIMEOUT_MIN_MS	1000	/* TCP_USER_TIMEOUT: --timeout, at least
+					 * this (a half-open path is found by the
+					 * kernel, from unacknowledged data) */
+#define ACCEPT_PAUSE_MS		1000	/* a listener rests this long after
+					 * accept() ran out of descriptors */
 #define CLOSE_TIMEOUT_MS	1000	/* wait for close_notify to go out */
 #define SESSION_MAX_AGE_MS	3600000	/* a TLS session is resumed for an hour
 					 * after its full handshake, no more */
@@ -303,8 +309,12 @@ struct upstream {
 	int64_t deadline_ms;		/* CONNECTING/HANDSHAKING/CLOSING */
 	int64_t idle_since_ms;		/* READY with nothing in flight */
 	int64_t retry_at_ms;		/* BACKOFF end */
-	int64_t progress_ms;		/* last byte received, or first query
-					 * sent after an idle spell */
+	int64_t answer_ms;		/* last answer to an ID we sent: the
+					 * connection lives */
+	int64_t unanswered_ms;		/* first send since answer_ms; 0: none */
+	int suspect;			/* silent for STALL: new queries go
+					 * elsewhere, queries in flight are
+					 * asked elsewhere too (twins) */
 	unsigned backoff_ms;
 	int queue_head, queue_tail;	/* FIFO of QUEUED pending slots */
 	size_t inflight;		/* SENT slots on this connection */
@@ -348,11 +358,14 @@ struct pending_query {
 	uint8_t attempts;
 	uint8_t cache_key;		/* see cache_key() */
 	int16_t zudp, ztcp;		/* zone UDP socket, TCP connection */
+	int16_t twin;			/* the same query asked of another
+					 * upstream (the first answer wins), -1 */
 	uint16_t up_id;			/* ID of the query as sent */
 	uint16_t qlen;
 	int next;			/* upstream FIFO link */
 	int age_prev, age_next;		/* age list, oldest first */
 	int64_t deadline_ms;
+	int64_t sent_ms;		/* last written to a connection */
 	struct dns_query_info qi;	/* the client's query, as asked */
 	struct origin from;
 	unsigned char *query;		/* g.query_bytes[slot]: the query we
@@ -379,6 +392,8 @@ struct listener {
 	socklen_t addrlen;
 	int udp_fd, tcp_fd;
 	int wildcard;			/* bound to 0.0.0.0 or ::: use PKTINFO */
+	int64_t accept_pause_ms;	/* TCP not watched before this: accept()
+					 * ran out of descriptors */
 };
 
 /*
@@ -485,7 +500,7 @@ static struct proxy {
 	const br_x509_trust_anchor *tas;
 	size_t n_tas;
 	struct ratelimit rl_table_full, rl_clients_full, rl_mismatch,
-	    rl_zone_full;
+	    rl_zone_full, rl_accept;
 	struct cache cache;
 	struct zone zones[MAX_ZONES];
 	size_t n_zones;
@@ -500,11 +515,13 @@ static struct proxy {
 	unsigned long n_refused;
 	int clock_behind;		/* validating at the build time */
 	unsigned long n_udp_queries, n_tcp_queries, n_servfail, n_local;
+	unsigned long n_hedged;		/* twins asked of another upstream */
 } g;
 
 static volatile sig_atomic_t g_stop_signal;	/* last SIGTERM/SIGINT */
 static volatile sig_atomic_t g_stop_count;	/* how many of them */
 static volatile sig_atomic_t g_stats_wanted;	/* SIGUSR1 */
+static volatile sig_atomic_t g_retry_wanted;	/* SIGHUP */
 
 /* ==== util ============================================================ */
 
@@ -2349,7 +2366,7 @@ pending_alloc(void)
 	p->route = ROUTE_NONE;
 	p->attempts = 0;
 	p->next = -1;
-	p->zudp = p->ztcp = -1;
+	p->zudp = p->ztcp = p->twin = -1;
 	p->deadline_ms = g.now_ms + g.query_timeout_ms;
 	p->age_next = -1;
 	p->age_prev = g.age_tail;
@@ -2359,6 +2376,30 @@ pending_alloc(void)
 		g.age_head = slot;
 	g.age_tail = slot;
 	return slot;
+}
+
+/* Moves a slot just after another on the age list (a twin shares its
+ * original's deadline, so it must expire there, not at the tail). */
+static void
+pending_age_after(int slot, int after)
+{
+	struct pending_query *p = &g.pending[slot], *a = &g.pending[after];
+
+	if (p->age_prev >= 0)
+		g.pending[p->age_prev].age_next = p->age_next;
+	else
+		g.age_head = p->age_next;
+	if (p->age_next >= 0)
+		g.pending[p->age_next].age_prev = p->age_prev;
+	else
+		g.age_tail = p->age_prev;
+	p->age_prev = after;
+	p->age_next = a->age_next;
+	if (a->age_next >= 0)
+		g.pending[a->age_next].age_prev = slot;
+	else
+		g.age_tail = slot;
+	a->age_next = slot;
 }
 
 /* Returns a slot to the free stack. It MUST be detached (ROUTE_NONE). */
@@ -2430,6 +2471,13 @@ idmap_pos(const struct id_map *m, uint16_t id)
 		if (g.pending[m->slot[h]].up_id == id)
 			return (long)h;
 	return -1;
+}
+
+/* Returns 1 if an ID was given on the connection (in flight or not). */
+static int
+idmap_used(const struct id_map *m, uint16_t id)
+{
+	return (m->used[id / 32] >> (id % 32)) & 1;
 }
 
 /* The slot waiting for an ID, or -1. */
@@ -2770,6 +2818,7 @@ cache_store(const unsigned char *m, size_t len, size_t qend, uint8_t key,
  */
 static void query_deliver(int slot, const unsigned char *answer, size_t len);
 static void query_fail(int slot, int rcode);
+static void query_hedge(int slot);
 static void query_receive(const unsigned char *msg, size_t len,
     const struct origin *from);
 static void query_receive_oversized(const unsigned char *msg, size_t len,
@@ -3102,10 +3151,14 @@ zone_dispatch(fd_set *rd, fd_set *wr)
  * inject every queued query while SENDAPP, one flush; interest comes from
  * a fresh engine state; after select() send first, then receive.
  *
- * Failures (connect, handshake, TLS or protocol errors, timeouts) put the
- * upstream in BACKOFF and are logged once per distinct reason. A close by
- * the server is normal: the connection is made again when needed, and
- * queries that were in flight on it are sent again (RFC 7858 3.4).
+ * Failures (connect, handshake, a close before any answer, TLS or
+ * protocol errors) put the upstream in BACKOFF, logged once per episode;
+ * its queries go to the next usable upstream. A close or reset by the
+ * server after answers is normal: the connection is made again at once
+ * and the queries in flight are sent again (RFC 7766 6.2.3, RFC 7858
+ * 3.4). Silence is judged by evidence: suspect after upstream_stall_ms()
+ * (queries asked elsewhere too: upstream_suspect), lost after a whole
+ * --timeout or the kernel's TCP_USER_TIMEOUT (upstream_lost).
  */
 
 #define UPSTREAM_ERR_ERRNO	10000	/* + errno */
@@ -3289,17 +3342,34 @@ upstream_set_state(struct upstream *u, enum upstream_state st)
 	u->state = st;
 }
 
+/* SIGHUP: an upstream backing off may be used again at once, its
+ * back-off from the bottom (a network that came back, a resolver
+ * restarted by hand). */
+static void
+upstream_retry_now(struct upstream *u)
+{
+	if (u->state != UPSTREAM_BACKOFF)
+		return;
+	u->backoff_ms = BACKOFF_MIN_MS;
+	upstream_set_state(u, UPSTREAM_DISCONNECTED);
+}
+
 /* Returns the first upstream (in preference order) that may be used, or
  * -1 if every one is backing off. */
 static int
 upstream_pick(void)
 {
-	size_t i;
+	int i, any = -1;
 
-	for (i = 0; i < g.n_upstreams; i++)
-		if (g.upstreams[i].state != UPSTREAM_BACKOFF)
-			return (int)i;
-	return -1;
+	for (i = 0; i < (int)g.n_upstreams; i++) {
+		if (g.upstreams[i].state == UPSTREAM_BACKOFF)
+			continue;
+		if (!g.upstreams[i].suspect)
+			return i;
+		if (any < 0)
+			any = i;	/* all suspect: the preferred one */
+	}
+	return any;
 }
 
 /* Returns 1 if an upstream other than u may be used now. */
@@ -3367,11 +3437,13 @@ upstream_detach(int slot)
 
 /*
  * Closes the socket and puts every query that was in flight on it back
- * at the head of the queue (a new connection gives it a new ID), or
- * answers SERVFAIL to those that have used their MAX_ATTEMPTS.
+ * at the head of the queue (a new connection gives it a new ID). When
+ * the connection failed (counted), a query that has used its
+ * MAX_ATTEMPTS gets SERVFAIL; when the server merely closed it (RFC
+ * 7766 6.2.3: a server may close any time), the send does not count.
  */
 static void
-upstream_teardown(struct upstream *u)
+upstream_teardown(struct upstream *u, int counted)
 {
 	int slots[MAX_PENDING];
 	size_t i, n = 0;
@@ -3381,6 +3453,8 @@ upstream_teardown(struct upstream *u)
 	u->fd = -1;
 	u->rlen = 0;
 	u->in_off = u->in_len = 0;
+	u->unanswered_ms = 0;
+	u->suspect = 0;
 	/* The ID map holds exactly the slots in flight: an idle close (the
 	 * usual case) has none to look for. */
 	for (i = 0; i < ID_MAP_SLOTS && n < u->inflight; i++)
@@ -3392,7 +3466,9 @@ upstream_teardown(struct upstream *u)
 		int slot = slots[--n];
 		struct pending_query *p = &g.pending[slot];
 
-		if (p->attempts >= MAX_ATTEMPTS) {
+		if (!counted)
+			p->attempts--;
+		else if (p->attempts >= MAX_ATTEMPTS) {
 			p->route = ROUTE_NONE;	/* detached just above */
 			query_fail(slot, DNS_RCODE_SERVFAIL);
 			continue;
@@ -3508,7 +3584,7 @@ upstream_fail(struct upstream *u, int code, const char *what)
 	u->last_err = code;
 	u->n_failures++;
 	upstream_forget_session(u);
-	upstream_teardown(u);
+	upstream_teardown(u, 1);
 	upstream_set_state(u, UPSTREAM_BACKOFF);
 	upstream_migrate_queue(u);
 }
@@ -3522,16 +3598,23 @@ upstream_fail_errno(struct upstream *u, const char *what, int err)
 	upstream_fail(u, UPSTREAM_ERR_ERRNO + err, buf);
 }
 
-/* A connection closed on purpose (by the server, or by us when idle):
- * not a failure. Reconnects at once if queries are waiting. */
+/* A connection closed on purpose (by the server, or by us when idle),
+ * or lost (counted): not a failure of the upstream. Reconnects at once
+ * if queries are waiting; those in flight are sent again. */
 static void
-upstream_closed(struct upstream *u, const char *why)
+upstream_reconnect(struct upstream *u, const char *why, int counted)
 {
 	log_debug("upstream %s: %s", u->label, why);
-	upstream_teardown(u);
+	upstream_teardown(u, counted);
 	upstream_set_state(u, UPSTREAM_DISCONNECTED);
 	if (u->queue_head >= 0)
 		upstream_connect(u);
+}
+
+static void
+upstream_closed(struct upstream *u, const char *why)
+{
+	upstream_reconnect(u, why, 0);
 }
 
 /*
@@ -3544,6 +3627,8 @@ upstream_connect(struct upstream *u)
 {
 	unsigned char seed[32];
 	int fd, one = 1;
+	unsigned user_timeout = g.query_timeout_ms > USER_TIMEOUT_MIN_MS ?
+	    g.query_timeout_ms : USER_TIMEOUT_MIN_MS;
 
 	if (util_random(seed, sizeof seed) < 0) {
 		upstream_fail_errno(u, "getrandom failed", errno);
@@ -3575,8 +3660,12 @@ upstream_connect(struct upstream *u)
 		upstream_fail_errno(u, "socket failed", EMFILE);
 		return -1;
 	}
-	/* Queries are small and latency matters: no Nagle delay. */
+	/* Queries are small and latency matters: no Nagle delay. Data the
+	 * server does not acknowledge within --timeout ends the connection
+	 * (ETIMEDOUT): the evidence of a half-open path. */
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout,
+	    sizeof user_timeout);
 	u->fd = fd;
 	u->rlen = 0;
 	u->in_off = u->in_len = 0;
@@ -3593,11 +3682,11 @@ upstream_connect(struct upstream *u)
 }
 
 /*
- * The server ended the connection (close_notify or EOF). With nothing in
- * flight that is how servers end idle connections: normal. With queries
- * in flight or half an answer read, it is a failure when another upstream
- * can take them (they go there); alone, the connection is made again and
- * they are sent again (MAX_ATTEMPTS bounds that).
+ * The server ended the connection (close_notify, EOF, a reset). After an
+ * answer that is normal life for a DoT client, with queries in flight or
+ * not (RFC 7766 6.2.3, RFC 7858 3.4: a resolver that closes after N
+ * queries, a load balancer, a WAN change): connect again at once and send
+ * them again, with no back-off and no failover.
  */
 static void
 upstream_server_closed(struct upstream *u)
@@ -3616,13 +3705,92 @@ upstream_server_closed(struct upstream *u)
 		    "before any answer");
 		return;
 	}
-	if ((u->inflight > 0 || u->rlen > 0) && upstream_other_usable(u)) {
-		upstream_fail(u, UPSTREAM_ERR_EOF, u->rlen > 0 ?
-		    "closed by the server in the middle of an answer" :
-		    "closed by the server with queries in flight");
+	upstream_closed(u, u->inflight > 0 ? "closed by the server with "
+	    "queries in flight: connecting again" : "closed by the server");
+}
+
+/*
+ * Evidence that the connection is dead while the server may be fine: the
+ * kernel gave up on unacknowledged data (TCP_USER_TIMEOUT: a half-open
+ * connection after a WAN address change), or no answer came for a whole
+ * --timeout while queries were in flight. With another upstream usable,
+ * this one is marked down and its queries go there; alone, it connects
+ * again. Logged once per episode.
+ */
+static void
+upstream_lost(struct upstream *u, const char *what)
+{
+	if (upstream_other_usable(u)) {
+		upstream_fail(u, UPSTREAM_ERR_STALL, what);
 		return;
 	}
-	upstream_closed(u, "closed by the server");
+	if (u->last_err == 0)
+		log_warn("upstream %s: %s: connecting again", u->label, what);
+	u->last_err = UPSTREAM_ERR_STALL;
+	upstream_reconnect(u, "lost connection closed", 1);
+}
+
+/* Milliseconds of silence with queries in flight after which an upstream
+ * is suspect: half the query timeout, at least STALL_MIN_MS. */
+static int64_t
+upstream_stall_ms(void)
+{
+	return g.query_timeout_ms / 2 > STALL_MIN_MS ?
+	    g.query_timeout_ms / 2 : STALL_MIN_MS;
+}
+
+/*
+ * Nothing has come back for upstream_stall_ms() on a connection with
+ * queries in flight: maybe a dead path, maybe only slow recursion. Not
+ * proof enough to drop it (RFC 7766 6.2.3 aside, a healthy resolver may
+ * take seconds): new queries go to another upstream while it is suspect,
+ * and each query in flight is asked of another one too (a twin); the
+ * first answer wins. Any answer on the connection lifts the suspicion;
+ * a query timing out on it with no answer at all makes it lost
+ * (upstream_silent).
+ */
+static void
+upstream_suspect(struct upstream *u)
+{
+	size_t i;
+
+	u->suspect = 1;
+	log_debug("upstream %s: no answer for %lld ms: asking another too",
+	    u->label, (long long)(g.now_ms - u->unanswered_ms));
+	for (i = 0; i < ID_MAP_SLOTS; i++)
+		if (u->ids.slot[i] >= 0)
+			query_hedge(u->ids.slot[i]);
+}
+
+/*
+ * A query timed out on a connection that has answered nothing since the
+ * query was sent: a whole --timeout of silence with a query in flight,
+ * the evidence of a dead server, a half-open path or a stream stuck in
+ * the middle of a message. One slow answer that still comes in time is
+ * never taken for that (recursion can take seconds).
+ */
+static void
+upstream_silent(struct upstream *u)
+{
+	char what[64];
+
+	util_fmt(what, sizeof what, "no answer for %u ms", g.query_timeout_ms);
+	upstream_lost(u, what);
+}
+
+/* A read or write failed. A reset or a broken pipe is the server closing
+ * (upstream_server_closed); the kernel's timeout a lost path; any other
+ * error a failure. */
+static void
+upstream_io_error(struct upstream *u, const char *what, int err)
+{
+	if (u->state == UPSTREAM_READY && (err == ECONNRESET || err == EPIPE))
+		upstream_server_closed(u);
+	else if (u->state == UPSTREAM_READY && err == ETIMEDOUT)
+		upstream_lost(u, "no acknowledgement from the server "
+		    "(TCP_USER_TIMEOUT)");
+	else
+		upstream_fail_errno(u, what, err);
 }
 
 /* Sends what the engine has for the peer. Returns 0, or -1 if the
@@ -3642,7 +3810,7 @@ upstream_send(struct upstream *u)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				return 0;
-			upstream_fail_errno(u, "send failed", errno);
+			upstream_io_error(u, "send failed", errno);
 			return -1;
 		}
 		br_ssl_engine_sendrec_ack(eng, (size_t)n);
@@ -3665,6 +3833,16 @@ upstream_on_first_answer(struct upstream *u)
 	u->last_err = 0;
 }
 
+/* An answer to an ID asked on the connection: it lives (see
+ * upstream_suspect). An answer to another question does not count. */
+static void
+upstream_alive(struct upstream *u)
+{
+	u->answer_ms = g.now_ms;
+	u->unanswered_ms = 0;
+	u->suspect = 0;
+}
+
 /* One answer from the stream: matched by ID and question, or dropped.
  * Returns 0, or -1 if the upstream was torn down. */
 static int
@@ -3682,8 +3860,11 @@ upstream_on_answer(struct upstream *u, unsigned char *m, size_t len)
 	u->idle_since_ms = g.now_ms;
 	slot = idmap_find(&u->ids, get16(m));
 	if (slot < 0) {
-		/* A late answer to a query that timed out: its ID is never
-		 * given again on this connection, so it matches nothing. */
+		/* A late answer to a query that timed out or that its twin
+		 * answered: its ID is never given again on this connection,
+		 * so it matches nothing; but the connection lives. */
+		if (idmap_used(&u->ids, get16(m)))
+			upstream_alive(u);
 		log_debug("upstream %s: answer with unknown ID %u dropped",
 		    u->label, get16(m));
 		return 0;
@@ -3699,7 +3880,7 @@ upstream_on_answer(struct upstream *u, unsigned char *m, size_t len)
 			    "match its ID: dropped", u->label);
 		return 0;
 	}
-	u->progress_ms = g.now_ms;	/* an answer, not just bytes */
+	upstream_alive(u);
 	if (!u->answered)
 		upstream_on_first_answer(u);
 	query_deliver(slot, m, len);
@@ -3757,8 +3938,9 @@ upstream_inject(struct upstream *u)
 		}
 		if (u->ids.n_used >= ID_MAX_USED)
 			break;		/* upstream_timers makes a new one */
-		if (u->inflight == 0)
-			u->progress_ms = g.now_ms;
+		p->sent_ms = g.now_ms;
+		if (u->unanswered_ms == 0)
+			u->unanswered_ms = g.now_ms;
 		put16(p->query, idmap_take(&u->ids, slot));
 		put16(buf, p->qlen);
 		memcpy(buf + 2, p->query, p->qlen);
@@ -3948,7 +4130,7 @@ upstream_on_readable(struct upstream *u)
 	if (n < 0) {
 		if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
 			return;
-		upstream_fail_errno(u, "receive failed", errno);
+		upstream_io_error(u, "receive failed", errno);
 		return;
 	}
 	if (n == 0) {
@@ -3962,39 +4144,6 @@ upstream_on_readable(struct upstream *u)
 	upstream_feed(u);
 }
 
-/* Milliseconds of silence, with queries in flight, after which a
- * connection is taken for dead. */
-static int64_t
-upstream_stall_ms(void)
-{
-	return g.query_timeout_ms / 2 > STALL_MIN_MS ?
-	    g.query_timeout_ms / 2 : STALL_MIN_MS;
-}
-
-/*
- * Nothing came back on a connection with queries in flight for
- * upstream_stall_ms(): a dead server or a half-open connection (a WAN
- * address change). With another upstream usable, this one is marked down
- * and its queries go there; alone, it reconnects and sends them again.
- */
-static void
-upstream_stalled(struct upstream *u)
-{
-	char what[96];
-
-	util_fmt(what, sizeof what, "no answer for %lld ms",
-	    (long long)(g.now_ms - u->progress_ms));
-	if (upstream_other_usable(u)) {
-		upstream_fail(u, UPSTREAM_ERR_STALL, what);
-		return;
-	}
-	if (u->last_err == 0)
-		log_warn("upstream %s: %s: reconnecting", u->label, what);
-	else
-		log_debug("upstream %s: %s: reconnecting", u->label, what);
-	u->last_err = UPSTREAM_ERR_STALL;
-	upstream_closed(u, "stalled connection closed");
-}
 
 /* Deadlines of one upstream: handshake, stall, idle close, close,
  * backoff. */
@@ -4010,11 +4159,14 @@ upstream_timers(struct upstream *u)
 			    "connect timed out" : "handshake timed out");
 		break;
 	case UPSTREAM_READY:
-		if (u->inflight > 0 &&
-		    g.now_ms - u->progress_ms >= upstream_stall_ms()) {
-			upstream_stalled(u);
+		if (u->suspect &&
+		    g.now_ms - u->unanswered_ms >= g.query_timeout_ms) {
+			upstream_silent(u);	/* its twins answered, or none */
 			break;
 		}
+		if (!u->suspect && u->unanswered_ms != 0 && u->inflight > 0 &&
+		    g.now_ms - u->unanswered_ms >= upstream_stall_ms())
+			upstream_suspect(u);
 		/* Half the IDs used (an ID is never used twice on a
 		 * connection), and the last answer in: a new connection, the
 		 * same session. Meanwhile queries wait (upstream_inject). */
@@ -4051,8 +4203,11 @@ upstream_next_deadline(const struct upstream *u)
 	case UPSTREAM_CLOSING:
 		return u->deadline_ms;
 	case UPSTREAM_READY:		/* as upstream_timers acts */
-		if (u->inflight > 0)
-			return u->progress_ms + upstream_stall_ms();
+		if (u->suspect)
+			return u->unanswered_ms + g.query_timeout_ms;
+		if (u->inflight > 0)	/* then the queries' own deadlines */
+			return u->unanswered_ms == 0 ? INT64_MAX :
+			    u->unanswered_ms + upstream_stall_ms();
 		if (u->ids.n_used >= ID_MAX_USED)
 			return g.now_ms;
 		if (u->queue_head < 0)
@@ -4157,14 +4312,25 @@ client_is_idle(const struct client_conn *c)
  * the new one is refused.
  */
 static void
-client_accept(int lfd)
+client_accept(struct listener *l)
 {
 	struct client_conn *c = NULL, *oldest = NULL;
 	size_t i;
 	union sockaddr_u peer;
 	socklen_t peerlen = sizeof peer;
-	int fd = accept4(lfd, &peer.sa, &peerlen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	int fd = accept4(l->tcp_fd, &peer.sa, &peerlen,
+	    SOCK_NONBLOCK | SOCK_CLOEXEC);
 
+	if (fd < 0 && (errno == EMFILE || errno == ENFILE ||
+	    errno == ENOBUFS || errno == ENOMEM)) {
+		/* The connection stays queued and the listener readable:
+		 * watching it now would spin. Rest, then try again. */
+		l->accept_pause_ms = g.now_ms + ACCEPT_PAUSE_MS;
+		if (ratelimit_ok(&g.rl_accept))
+			log_warn("cannot accept TCP clients: %s; trying again "
+			    "in %d ms", strerror(errno), ACCEPT_PAUSE_MS);
+		return;
+	}
 	if (fd < 0)
 		return;		/* EAGAIN, or the client already left */
 	if (fd >= FD_SETSIZE) {
@@ -4416,6 +4582,25 @@ client_timers(struct client_conn *c)
 	}
 }
 
+/* When client_timers has something to do for a client, or INT64_MAX:
+ * a client waiting for answers is not idle, and must not wake select()
+ * before its queries' own deadlines (a busy loop otherwise). */
+static int64_t
+client_next_deadline(const struct client_conn *c)
+{
+	int64_t d = INT64_MAX;
+
+	if (c->state == CLIENT_FREE)
+		return d;
+	if (c->in_len > 0 && c->inflight < MAX_INFLIGHT_PER_CLIENT &&
+	    !client_has_frame(c))
+		d = c->frame_start_ms + CLIENT_FRAME_MS;
+	if ((c->inflight == 0 || c->out_len > c->out_off) &&
+	    c->last_active_ms + CLIENT_IDLE_MS < d)
+		d = c->last_active_ms + CLIENT_IDLE_MS;
+	return d;
+}
+
 /* ==== udp: UDP listeners ============================================== */
 /*
  * Owns the UDP half of g.listeners and the two datagram batches. Queries
@@ -4506,7 +4691,9 @@ udp_fill_msghdr(struct msghdr *mh, const struct origin *to,
 }
 
 /* Sends the collected answers. A full socket buffer drops the rest (the
- * clients retry, as after any loss). */
+ * clients retry, as after any loss); an answer that cannot be sent to its
+ * client (EPERM from a firewall, an address gone) is skipped, and the
+ * others go. */
 static void
 udp_flush(void)
 {
@@ -4523,7 +4710,9 @@ udp_flush(void)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			break;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				break;
+			n = 1;		/* the first of them failed: skip it */
 		}
 		off += (size_t)n;
 	}
@@ -4691,6 +4880,15 @@ query_detach(int slot)
 	p->route = ROUTE_NONE;
 }
 
+/* Frees a slot without an answer: its twin answered. */
+static void
+query_drop(int slot)
+{
+	query_detach(slot);
+	g.pending[slot].twin = -1;
+	pending_free(slot);
+}
+
 /* The largest UDP answer a pending query's client takes; 0 over TCP. */
 static size_t
 query_udp_limit(const struct pending_query *p)
@@ -4733,6 +4931,8 @@ query_deliver(int slot, const unsigned char *answer, size_t len)
 		return;
 	}
 	query_send(&p->from, msg, len);
+	if (p->twin >= 0)
+		query_drop(p->twin);
 	pending_free(slot);
 }
 
@@ -4763,6 +4963,11 @@ query_serve_stale(struct pending_query *p)
 	return 1;
 }
 
+/*
+ * A query fails on its route. When its twin is still out, that one may
+ * yet answer: this slot goes quietly. Otherwise the client gets rcode
+ * (or, for SERVFAIL, a stale answer when --serve-stale has one).
+ */
 static void
 query_fail(int slot, int rcode)
 {
@@ -4771,6 +4976,11 @@ query_fail(int slot, int rcode)
 	size_t len;
 
 	query_detach(slot);
+	if (p->twin >= 0) {
+		g.pending[p->twin].twin = -1;
+		pending_free(slot);
+		return;
+	}
 	if (rcode == DNS_RCODE_SERVFAIL && query_serve_stale(p)) {
 		pending_free(slot);
 		return;
@@ -4780,6 +4990,45 @@ query_fail(int slot, int rcode)
 		g.n_servfail++;
 	query_send(&p->from, out, len);
 	pending_free(slot);
+}
+
+/* A query's deadline has come: it and its twin are done, SERVFAIL. */
+static void
+query_expire(int slot)
+{
+	if (g.pending[slot].twin >= 0)
+		query_drop(g.pending[slot].twin);
+	query_fail(slot, DNS_RCODE_SERVFAIL);
+}
+
+/*
+ * Asks a query that waits on a suspect upstream (upstream_suspect) of
+ * another usable one too: a twin slot with the same client, question and
+ * deadline. The first answer wins (query_deliver drops the other). Does
+ * nothing without another upstream or a free slot, or for a query that
+ * has a twin already.
+ */
+static void
+query_hedge(int slot)
+{
+	struct pending_query *p = &g.pending[slot], *t;
+	int up = upstream_pick(), ts;
+
+	if (p->twin >= 0 || up < 0 || up == p->route_idx ||
+	    (ts = pending_alloc()) < 0)
+		return;
+	t = &g.pending[ts];
+	t->from = p->from;
+	t->qi = p->qi;
+	t->cache_key = p->cache_key;
+	t->deadline_ms = p->deadline_ms;
+	pending_age_after(ts, slot);
+	t->qlen = p->qlen;
+	memcpy(t->query, p->query, p->qlen);
+	t->twin = (int16_t)slot;
+	p->twin = (int16_t)ts;
+	g.n_hedged++;
+	upstream_enqueue(&g.upstreams[up], ts);
 }
 
 /* Answers a query from the cache if a fresh entry is there: no slot, no
@@ -4935,12 +5184,18 @@ loop_expire(void)
 	    g.pending[g.age_head].deadline_ms <= g.now_ms) {
 		int slot = g.age_head;
 		struct pending_query *p = &g.pending[slot];
+		struct upstream *u = p->route == ROUTE_UPSTREAM ?
+		    &g.upstreams[p->route_idx] : NULL;
+		int silent = u != NULL && p->state == PENDING_SENT &&
+		    u->answer_ms < p->sent_ms;
 
 		log_debug("query timed out: SERVFAIL");
 		if (p->route == ROUTE_ZONE)
 			zone_error(&g.zones[p->route_idx], "no answer in time",
 			    ETIMEDOUT);
-		query_fail(slot, DNS_RCODE_SERVFAIL);
+		query_expire(slot);
+		if (silent && u->state == UPSTREAM_READY)
+			upstream_silent(u);
 	}
 	for (i = 0; i < g.n_upstreams; i++)
 		upstream_timers(&g.upstreams[i]);
@@ -4964,15 +5219,15 @@ loop_timeout_ms(void)
 			next = d;
 	}
 	for (i = 0; i < MAX_TCP_CLIENTS; i++) {
-		const struct client_conn *c = &g.clients[i];
+		int64_t d = client_next_deadline(&g.clients[i]);
 
-		if (c->state != CLIENT_FREE &&
-		    c->last_active_ms + CLIENT_IDLE_MS < next)
-			next = c->last_active_ms + CLIENT_IDLE_MS;
-		if (c->state != CLIENT_FREE && c->in_len > 0 &&
-		    c->frame_start_ms + CLIENT_FRAME_MS < next)
-			next = c->frame_start_ms + CLIENT_FRAME_MS;
+		if (d < next)
+			next = d;
 	}
+	for (i = 0; i < g.n_listeners; i++)
+		if (g.listeners[i].accept_pause_ms > g.now_ms &&
+		    g.listeners[i].accept_pause_ms < next)
+			next = g.listeners[i].accept_pause_ms;
 	return next > g.now_ms ? next - g.now_ms : 0;
 }
 
@@ -5015,7 +5270,7 @@ loop_dispatch(fd_set *rd, fd_set *wr)
 	/* New TCP clients last: existing work goes first. */
 	for (i = 0; i < g.n_listeners; i++)
 		if (FD_ISSET(g.listeners[i].tcp_fd, rd))
-			client_accept(g.listeners[i].tcp_fd);
+			client_accept(&g.listeners[i]);
 }
 
 /*
@@ -5050,7 +5305,7 @@ loop_drain_done(void)
 
 	if (g_stop_count > 1 || g.now_ms >= g.drain_deadline_ms) {
 		while (g.age_head >= 0)
-			query_fail(g.age_head, DNS_RCODE_SERVFAIL);
+			query_expire(g.age_head);
 		udp_flush();
 		return 1;
 	}
@@ -5087,12 +5342,12 @@ loop_log_stats(void)
 		n_clients += g.clients[i].state != CLIENT_FREE;
 	o = util_fmt(line, sizeof line, "dotproxy: stats: "
 	    "queries udp=%lu tcp=%lu; cache hits=%lu misses=%lu stale=%lu "
-	    "entries=%zu evictions=%lu; servfail=%lu; in_flight=%zu "
-	    "tcp_clients=%zu", g.n_udp_queries, g.n_tcp_queries,
+	    "entries=%zu evictions=%lu; servfail=%lu local=%lu hedged=%lu; "
+	    "in_flight=%zu tcp_clients=%zu", g.n_udp_queries, g.n_tcp_queries,
 	    g.cache.hits, g.cache.misses, g.cache.stale,
 	    g.cache.n_blocks ? g.cache.n_entries - cache_free_entries() : 0,
-	    g.cache.evictions, g.n_servfail, MAX_PENDING - g.n_free,
-	    n_clients);
+	    g.cache.evictions, g.n_servfail, g.n_local, g.n_hedged,
+	    MAX_PENDING - g.n_free, n_clients);
 	for (i = 0; i < g.n_upstreams && o < sizeof line; i++) {
 		struct upstream *u = &g.upstreams[i];
 
@@ -5132,6 +5387,12 @@ loop_run(void)
 			g_stats_wanted = 0;
 			loop_log_stats();
 		}
+		if (g_retry_wanted) {
+			g_retry_wanted = 0;
+			log_info("SIGHUP: trying every upstream again");
+			for (i = 0; i < g.n_upstreams; i++)
+				upstream_retry_now(&g.upstreams[i]);
+		}
 		loop_expire();
 		for (i = 0; i < g.n_upstreams; i++) {
 			struct upstream *u = &g.upstreams[i];
@@ -5156,9 +5417,11 @@ loop_run(void)
 			struct listener *l = &g.listeners[i];
 
 			FD_SET(l->udp_fd, &rd);
-			FD_SET(l->tcp_fd, &rd);
 			if (l->udp_fd > maxfd)
 				maxfd = l->udp_fd;
+			if (l->accept_pause_ms > g.now_ms)
+				continue;
+			FD_SET(l->tcp_fd, &rd);
 			if (l->tcp_fd > maxfd)
 				maxfd = l->tcp_fd;
 		}
@@ -5544,6 +5807,27 @@ config_parse_size(const char *s, size_t *out)
 	return 0;
 }
 
+/*
+ * Closes every descriptor a parent left open past stderr: they are not
+ * ours, and they would push dotproxy's own past FD_SETSIZE, where
+ * select() cannot watch them.
+ */
+static void
+config_close_inherited(void)
+{
+	struct rlimit rl;
+	long fd, max = 1L << 20;
+
+#ifdef SYS_close_range
+	if (syscall(SYS_close_range, 3u, ~0u, 0u) == 0)
+		return;		/* Linux 5.9 and later */
+#endif
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)max)
+		max = (long)rl.rlim_cur;
+	for (fd = 3; fd < max; fd++)
+		close((int)fd);
+}
+
 /* Returns 1 if an address is 0.0.0.0 or ::. */
 static int
 config_is_wildcard(const union sockaddr_u *a)
@@ -5575,6 +5859,10 @@ config_open_listener(struct listener *l, int optional)
 		if (fd < 0)
 			goto fail;
 		fds[i] = fd;
+		if (fd >= FD_SETSIZE)
+			die("cannot listen on %s: descriptor %d is past "
+			    "FD_SETSIZE (%d), which select() can watch", name,
+			    fd, FD_SETSIZE);
 		if (fam == AF_INET6)
 			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
 			    sizeof one);
@@ -5621,6 +5909,10 @@ config_on_signal(int sig)
 		g_stats_wanted = 1;
 		return;
 	}
+	if (sig == SIGHUP) {
+		g_retry_wanted = 1;
+		return;
+	}
 	g_stop_signal = sig;
 	g_stop_count++;
 }
@@ -5638,6 +5930,8 @@ config_signals(void)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGUSR1, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);	/* systemctl kill, docker kill -s HUP:
+					 * never a reason to stop */
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
 }
@@ -5693,7 +5987,8 @@ config_usage(int fd)
 "\n"
 "Environment: DOT_SERVER=SPEC[,SPEC]... is used when no --upstream is given.\n"
 "Signals: SIGTERM and SIGINT stop it (exit status 0) after the queries in\n"
-"flight are answered; SIGUSR1 writes a line of counters to stderr.\n",
+"flight are answered; SIGHUP tries upstreams in back-off again at once;\n"
+"SIGUSR1 writes a line of counters to stderr.\n",
 	    QUERY_TIMEOUT_MS, UPSTREAM_IDLE_MS, BACKOFF_MAX_MS,
 	    PAD_BLOCK_BYTES, CACHE_DEFAULT_BYTES / 1024, CACHE_MIN_TTL_S,
 	    CACHE_MAX_TTL_S, DRAIN_TIMEOUT_MS);
@@ -6041,6 +6336,7 @@ config_start(const struct start_opts *o)
 	const char *env;
 	size_t i;
 
+	config_close_inherited();
 	if (g.n_upstreams == 0) {
 		env = getenv("DOT_SERVER");
 		if (env != NULL)
