@@ -246,8 +246,8 @@ enum origin_kind {
  */
 enum client_state {
 	CLIENT_FREE,		/* fd == -1 */
-	CLIENT_READ_LEN,	/* fewer than 2 bytes of the next frame */
-	CLIENT_READ_MSG,	/* length known, body incomplete */
+	CLIENT_OPEN,		/* reading frames (in[0..in_len): the start
+				 * of the next ones) and answering */
 	CLIENT_EOF,		/* client shut down writing; drain and close */
 };
 
@@ -305,7 +305,8 @@ struct upstream {
 	socklen_t addrlen;
 	char name[AUTHNAME_MAX_BYTES + 1];	/* SNI and certificate name */
 	char label[AUTHNAME_MAX_BYTES + 64];	/* "ip:port (name)" for logs */
-	int last_err;			/* last failure logged; 0 = healthy */
+	int failing;			/* failed since it last answered */
+	char why[128];			/* the last failure, for logs */
 	int64_t deadline_ms;		/* CONNECTING/HANDSHAKING/CLOSING */
 	int64_t idle_since_ms;		/* READY with nothing in flight */
 	int64_t retry_at_ms;		/* BACKOFF end */
@@ -407,6 +408,9 @@ struct cache_entry {
 	int32_t lru_prev, lru_next;	/* most recent first */
 	int32_t first;			/* first block, -1 when free */
 	uint16_t len, qend;
+	uint16_t opt_start, ns_end;	/* its summary (dns_summary): the OPT
+					 * (0: none; it is last), the end of
+					 * the authority section */
 	uint8_t key;			/* DO, CD, RD bits and source */
 	int64_t stored_ms;
 	uint32_t ttl_s;			/* lifetime from stored_ms */
@@ -683,6 +687,11 @@ util_write(int fd, const char *buf, size_t len)
 		len -= (size_t)n;
 	}
 }
+
+static void log_msg(int level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void die(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2), noreturn));
 
 static void
 log_msg(int level, const char *fmt, ...)
@@ -1492,7 +1501,7 @@ dns_rewrite_ttls(unsigned char *m, size_t len, size_t qend, uint32_t sub,
  */
 static size_t
 dns_prepare_answer(unsigned char *m, size_t len, size_t cap, size_t qend,
-    uint32_t min, uint32_t max, uint32_t *ttl)
+    uint32_t min, uint32_t max, uint32_t *ttl, struct dns_summary *out)
 {
 	struct dns_summary s;
 	struct dns_iter it;
@@ -1540,6 +1549,9 @@ dns_prepare_answer(unsigned char *m, size_t len, size_t cap, size_t qend,
 	    DNS_RCODE_NXDOMAIN) && (!s.negative || s.has_soa) &&
 	    least != DNS_TTL_MAX)
 		*ttl = least;
+	s.end = len;			/* the OPT, if any, is last */
+	s.opt_end = s.opt_end ? len : 0;
+	*out = s;
 	return len;
 }
 
@@ -1641,14 +1653,16 @@ dns_truncate(unsigned char *m, size_t len, size_t qend,
  * in place: its ID, its RD, its spelling of the question (the names are
  * equal but for case), AD only if it asked with AD or DO (RFC 6840 5.7),
  * the OPT only if it sent one (RFC 6891 7), with our size and its DO bit
- * (RFC 3225 3), and truncation when udp_limit != 0 (dns_truncate).
- * Returns the new length, or 0 if the answer is malformed.
+ * (RFC 3225 3), and truncation when udp_limit != 0 (dns_truncate). sum is
+ * the answer's summary as dns_prepare_answer gave it (or the cache kept
+ * it): the message is not walked again. Returns the new length.
  */
 static size_t
 dns_answer_for_client(unsigned char *m, size_t len, const unsigned char *query,
-    const struct dns_query_info *qi, size_t udp_limit)
+    const struct dns_query_info *qi, size_t udp_limit,
+    const struct dns_summary *sum)
 {
-	struct dns_summary s;
+	struct dns_summary s = *sum;
 
 	put16(m, qi->id);
 	m[2] = (unsigned char)((m[2] & ~DNS_FLAG_RD) | qi->rd);
@@ -1656,8 +1670,6 @@ dns_answer_for_client(unsigned char *m, size_t len, const unsigned char *query,
 		m[3] &= (unsigned char)~DNS_FLAG_AD;
 	memcpy(m + DNS_HEADER_BYTES, query + DNS_HEADER_BYTES,
 	    qi->qend - DNS_HEADER_BYTES);
-	if (dns_summarize(m, len, qi->qend, &s) < 0)
-		return 0;
 	if (s.opt_end != 0 && !qi->has_opt) {
 		memmove(m + s.opt_start, m + s.opt_end, len - s.opt_end);
 		put16(m + 10, get16(m + 10) - 1u);
@@ -1973,11 +1985,11 @@ anchors_load_file(const char *path)
 	g.n_tas = n_tas;
 }
 
-/* ==== trust: pins, the validation clock, who may ask ================== */
+/* ==== trust: pins and the validation clock ============================ */
 /*
- * Pure checks around TLS and clients: SPKI pins (RFC 7858 4.2, the
- * sha256/BASE64 form of stubby and Knot Resolver), the time certificates
- * are checked against, and the --allow ranges.
+ * Pure checks around TLS: SPKI pins (RFC 7858 4.2, the sha256/BASE64 form
+ * of stubby and Knot Resolver) and the time certificates are checked
+ * against.
  */
 
 #ifndef DOTPROXY_BUILD_EPOCH
@@ -2245,12 +2257,18 @@ static const br_x509_class trust_pin_vtable = {
 	trust_end_chain, trust_get_pkey,
 };
 
+/* ==== acl: who may ask =============================================== */
+/*
+ * Owns g.allow: the --allow ranges (by default loopback, private and
+ * link-local ones). Not an open resolver: anyone else gets REFUSED.
+ */
+
 /*
  * Parses an --allow range, "IP/PREFIX" or "IP" (one address). Returns 0
  * or -1.
  */
 static int
-trust_parse_range(const char *s, struct acl_range *r)
+acl_parse_range(const char *s, struct acl_range *r)
 {
 	char ip[INET6_ADDRSTRLEN + 1];
 	const char *slash = strchr(s, '/');
@@ -2277,7 +2295,7 @@ trust_parse_range(const char *s, struct acl_range *r)
 
 /* Returns 1 if addr (4 or 16 bytes of family) is inside range r. */
 static int
-trust_in_range(const struct acl_range *r, int family, const unsigned char *a)
+acl_in_range(const struct acl_range *r, int family, const unsigned char *a)
 {
 	unsigned full = r->prefix / 8, rest = r->prefix % 8;
 
@@ -2294,7 +2312,7 @@ trust_in_range(const struct acl_range *r, int family, const unsigned char *a)
  * ULA) and link-local (never routed). Not 100.64.0.0/10: behind a
  * carrier-grade NAT that is the ISP's other customers.
  */
-static const char *const trust_default_allow[] = {
+static const char *const acl_default_ranges[] = {
 	"127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
 	"169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10",
 };
@@ -2302,7 +2320,7 @@ static const char *const trust_default_allow[] = {
 /* Returns 1 if a client may query (an IPv4-mapped IPv6 address counts as
  * its IPv4 address). */
 static int
-trust_allowed(const union sockaddr_u *peer)
+acl_allowed(const union sockaddr_u *peer)
 {
 	static const unsigned char mapped[12] = {
 		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF,
@@ -2321,9 +2339,33 @@ trust_allowed(const union sockaddr_u *peer)
 		a = (const unsigned char *)&peer->sin.sin_addr;
 	}
 	for (i = 0; i < g.n_allow; i++)
-		if (trust_in_range(&g.allow[i], family, a))
+		if (acl_in_range(&g.allow[i], family, a))
 			return 1;
 	return 0;
+}
+
+/* Adds an --allow range, or dies naming it. */
+static void
+acl_add(const char *spec)
+{
+	if (g.n_allow == MAX_ALLOW)
+		die("too many --allow ranges (at most %d): '%s'", MAX_ALLOW,
+		    spec);
+	if (acl_parse_range(spec, &g.allow[g.n_allow]) < 0)
+		die("bad --allow '%s' (want IP/PREFIX, e.g. 192.168.0.0/16 or "
+		    "::/0)", spec);
+	g.n_allow++;
+}
+
+/* Without --allow: loopback and the private ranges (acl_default_ranges). */
+static void
+acl_add_defaults(void)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof acl_default_ranges /
+	    sizeof acl_default_ranges[0]; i++)
+		acl_add(acl_default_ranges[i]);
 }
 
 /* ==== pending: the pending-query table ================================ */
@@ -2336,6 +2378,18 @@ trust_allowed(const union sockaddr_u *peer)
  * 65,536 per query (RFC 5452 9.2 gives the reason).
  */
 
+/*
+ * The only writer of a slot's state. FREE -> QUEUED (pending_alloc),
+ * QUEUED -> SENT (written into a TLS engine, or sent to a zone server),
+ * SENT -> QUEUED (its connection went: it is sent again), any -> FREE
+ * (pending_free, once its route has let go of it).
+ */
+static void
+pending_set_state(int slot, enum pending_state st)
+{
+	g.pending[slot].state = st;
+}
+
 static void
 pending_init(void)
 {
@@ -2344,7 +2398,7 @@ pending_init(void)
 	util_rand_init();
 	g.n_free = 0;
 	for (i = MAX_PENDING - 1; i >= 0; i--) {
-		g.pending[i].state = PENDING_FREE;
+		pending_set_state(i, PENDING_FREE);
 		g.pending[i].query = g.query_bytes[i];
 		g.free_stack[g.n_free++] = i;
 	}
@@ -2362,7 +2416,7 @@ pending_alloc(void)
 		return -1;
 	slot = g.free_stack[--g.n_free];
 	p = &g.pending[slot];
-	p->state = PENDING_QUEUED;
+	pending_set_state(slot, PENDING_QUEUED);
 	p->route = ROUTE_NONE;
 	p->attempts = 0;
 	p->next = -1;
@@ -2416,7 +2470,7 @@ pending_free(int slot)
 		g.pending[p->age_next].age_prev = p->age_prev;
 	else
 		g.age_tail = p->age_prev;
-	p->state = PENDING_FREE;
+	pending_set_state(slot, PENDING_FREE);
 	g.free_stack[g.n_free++] = slot;
 }
 
@@ -2736,13 +2790,18 @@ cache_age_s(int e)
  * (and stale is not set).
  */
 static size_t
-cache_get(int e, unsigned char *out, int stale)
+cache_get(int e, unsigned char *out, int stale, struct dns_summary *s)
 {
 	struct cache_entry *x = &g.cache.entries[e];
 	uint32_t age = cache_age_s(e);
 
 	if (!stale && age >= x->ttl_s)
 		return 0;
+	memset(s, 0, sizeof *s);
+	s->ns_end = x->ns_end;
+	s->opt_start = x->opt_start;
+	s->opt_end = x->opt_start ? x->len : 0;
+	s->end = x->len;
 	cache_read(e, out, x->len);
 	if (stale)
 		dns_rewrite_ttls(out, x->len, x->qend, 0, STALE_TTL_S,
@@ -2762,7 +2821,7 @@ cache_get(int e, unsigned char *out, int stale)
  */
 static void
 cache_store(const unsigned char *m, size_t len, size_t qend, uint8_t key,
-    uint32_t ttl)
+    uint32_t ttl, const struct dns_summary *s)
 {
 	struct cache *c = &g.cache;
 	struct cache_entry *x;
@@ -2790,6 +2849,8 @@ cache_store(const unsigned char *m, size_t len, size_t qend, uint8_t key,
 	x->key = key;
 	x->len = (uint16_t)len;
 	x->qend = (uint16_t)qend;
+	x->opt_start = (uint16_t)(s->opt_end ? s->opt_start : 0);
+	x->ns_end = (uint16_t)s->ns_end;
 	x->stored_ms = g.now_ms;
 	x->ttl_s = ttl;
 	tail = &x->first;
@@ -2939,7 +3000,7 @@ zone_send(size_t zi, int slot)
 
 	p->route = ROUTE_ZONE;
 	p->route_idx = (uint8_t)zi;
-	p->state = PENDING_SENT;
+	pending_set_state(slot, PENDING_SENT);
 	p->up_id = util_rand16();
 	put16(p->query, p->up_id);
 	z->n_queries++;
@@ -3161,11 +3222,6 @@ zone_dispatch(fd_set *rd, fd_set *wr)
  * --timeout or the kernel's TCP_USER_TIMEOUT (upstream_lost).
  */
 
-#define UPSTREAM_ERR_ERRNO	10000	/* + errno */
-#define UPSTREAM_ERR_TIMEOUT	20001
-#define UPSTREAM_ERR_EOF	20002
-#define UPSTREAM_ERR_PROTOCOL	20003
-#define UPSTREAM_ERR_STALL	20004
 
 /*
  * All ECDHE (forward secrecy), all AEAD. Which one runs is the server's
@@ -3393,7 +3449,7 @@ upstream_enqueue(struct upstream *u, int slot)
 {
 	struct pending_query *p = &g.pending[slot];
 
-	p->state = PENDING_QUEUED;
+	pending_set_state(slot, PENDING_QUEUED);
 	p->route = ROUTE_UPSTREAM;
 	p->route_idx = (uint8_t)upstream_index(u);
 	p->next = -1;
@@ -3473,7 +3529,7 @@ upstream_teardown(struct upstream *u, int counted)
 			query_fail(slot, DNS_RCODE_SERVFAIL);
 			continue;
 		}
-		p->state = PENDING_QUEUED;
+		pending_set_state(slot, PENDING_QUEUED);
 		p->next = u->queue_head;
 		u->queue_head = slot;
 		if (u->queue_tail < 0)
@@ -3575,13 +3631,14 @@ upstream_save_session(struct upstream *u)
  * BACKOFF, its queries moved on.
  */
 static void
-upstream_fail(struct upstream *u, int code, const char *what)
+upstream_fail(struct upstream *u, const char *what)
 {
-	if (u->last_err == 0)
+	if (!u->failing)
 		log_warn("upstream %s: %s", u->label, what);
 	else
 		log_debug("upstream %s: %s (still failing)", u->label, what);
-	u->last_err = code;
+	u->failing = 1;
+	util_fmt(u->why, sizeof u->why, "%s", what);
 	u->n_failures++;
 	upstream_forget_session(u);
 	upstream_teardown(u, 1);
@@ -3595,7 +3652,7 @@ upstream_fail_errno(struct upstream *u, const char *what, int err)
 	char buf[128];
 
 	util_fmt(buf, sizeof buf, "%s: %s", what, strerror(err));
-	upstream_fail(u, UPSTREAM_ERR_ERRNO + err, buf);
+	upstream_fail(u, buf);
 }
 
 /* A connection closed on purpose (by the server, or by us when idle),
@@ -3644,8 +3701,8 @@ upstream_connect(struct upstream *u)
 	    u->has_session)) {
 		char ebuf[64];
 
-		upstream_fail(u, br_ssl_engine_last_error(&u->sc.eng),
-		    util_br_error_name(br_ssl_engine_last_error(&u->sc.eng),
+		upstream_fail(u, util_br_error_name(br_ssl_engine_last_error(
+		    &u->sc.eng),
 		    ebuf, sizeof ebuf));
 		return -1;
 	}
@@ -3696,12 +3753,12 @@ upstream_server_closed(struct upstream *u)
 	 * answer with queries sent. Reconnecting at once would go on as
 	 * long as queries come, and never let another upstream take them. */
 	if (u->state == UPSTREAM_HANDSHAKING) {
-		upstream_fail(u, UPSTREAM_ERR_EOF, "handshake failed: "
+		upstream_fail(u, "handshake failed: "
 		    "connection closed by the server");
 		return;
 	}
 	if (!u->answered && u->inflight > 0) {
-		upstream_fail(u, UPSTREAM_ERR_EOF, "closed by the server "
+		upstream_fail(u, "closed by the server "
 		    "before any answer");
 		return;
 	}
@@ -3721,12 +3778,13 @@ static void
 upstream_lost(struct upstream *u, const char *what)
 {
 	if (upstream_other_usable(u)) {
-		upstream_fail(u, UPSTREAM_ERR_STALL, what);
+		upstream_fail(u, what);
 		return;
 	}
-	if (u->last_err == 0)
+	if (!u->failing)
 		log_warn("upstream %s: %s: connecting again", u->label, what);
-	u->last_err = UPSTREAM_ERR_STALL;
+	u->failing = 1;
+	util_fmt(u->why, sizeof u->why, "%s", what);
 	upstream_reconnect(u, "lost connection closed", 1);
 }
 
@@ -3763,11 +3821,10 @@ upstream_suspect(struct upstream *u)
 }
 
 /*
- * A query timed out on a connection that has answered nothing since the
- * query was sent: a whole --timeout of silence with a query in flight,
- * the evidence of a dead server, a half-open path or a stream stuck in
- * the middle of a message. One slow answer that still comes in time is
- * never taken for that (recursion can take seconds).
+ * A whole --timeout of silence with a query in flight: the evidence of a
+ * dead server, a half-open path or a stream stuck in the middle of a
+ * message. One slow answer that still comes in time is never taken for
+ * that (recursion can take seconds).
  */
 static void
 upstream_silent(struct upstream *u)
@@ -3776,6 +3833,15 @@ upstream_silent(struct upstream *u)
 
 	util_fmt(what, sizeof what, "no answer for %u ms", g.query_timeout_ms);
 	upstream_lost(u, what);
+}
+
+/* A query sent at sent_ms on u timed out: if u has answered nothing since,
+ * its connection is silent (upstream_silent). */
+static void
+upstream_expired(struct upstream *u, int64_t sent_ms)
+{
+	if (u->state == UPSTREAM_READY && u->answer_ms < sent_ms && !g.draining)
+		upstream_silent(u);
 }
 
 /* A read or write failed. A reset or a broken pipe is the server closing
@@ -3828,9 +3894,9 @@ upstream_on_first_answer(struct upstream *u)
 {
 	u->answered = 1;
 	u->backoff_ms = BACKOFF_MIN_MS;
-	if (u->last_err != 0)
+	if (u->failing)
 		log_info("upstream %s: connected again", u->label);
-	u->last_err = 0;
+	u->failing = 0;
 }
 
 /* An answer to an ID asked on the connection: it lives (see
@@ -3853,8 +3919,7 @@ upstream_on_answer(struct upstream *u, unsigned char *m, size_t len)
 	int slot;
 
 	if (len < DNS_HEADER_BYTES) {
-		upstream_fail(u, UPSTREAM_ERR_PROTOCOL,
-		    "protocol error: message shorter than a DNS header");
+		upstream_fail(u, "protocol error: message shorter than a DNS header");
 		return -1;
 	}
 	u->idle_since_ms = g.now_ms;
@@ -3948,7 +4013,7 @@ upstream_inject(struct upstream *u)
 		u->queue_head = p->next;
 		if (u->queue_head < 0)
 			u->queue_tail = -1;
-		p->state = PENDING_SENT;
+		pending_set_state(slot, PENDING_SENT);
 		p->attempts++;
 		u->inflight++;
 		u->n_queries++;
@@ -4026,7 +4091,7 @@ upstream_pump(struct upstream *u)
 			util_fmt(what, sizeof what, "%s failed: %s",
 			    u->state == UPSTREAM_READY ? "TLS" : "handshake",
 			    util_br_error_name(err, ebuf, sizeof ebuf));
-			upstream_fail(u, err, what);
+			upstream_fail(u, what);
 			return;
 		}
 		if ((st & BR_SSL_SENDAPP) &&
@@ -4154,8 +4219,7 @@ upstream_timers(struct upstream *u)
 	case UPSTREAM_CONNECTING:
 	case UPSTREAM_HANDSHAKING:
 		if (g.now_ms >= u->deadline_ms)
-			upstream_fail(u, UPSTREAM_ERR_TIMEOUT,
-			    u->state == UPSTREAM_CONNECTING ?
+			upstream_fail(u, u->state == UPSTREAM_CONNECTING ?
 			    "connect timed out" : "handshake timed out");
 		break;
 	case UPSTREAM_READY:
@@ -4348,7 +4412,7 @@ client_accept(struct listener *l)
 	}
 	/* A client outside --allow (it will get REFUSED) takes a free slot
 	 * at most: it never pushes out one that may ask. */
-	if (c == NULL && oldest != NULL && trust_allowed(&peer)) {
+	if (c == NULL && oldest != NULL && acl_allowed(&peer)) {
 		client_close(oldest);
 		c = oldest;
 	}
@@ -4361,7 +4425,7 @@ client_accept(struct listener *l)
 	}
 	c->fd = fd;
 	c->peer = peer;
-	c->state = CLIENT_READ_LEN;
+	c->state = CLIENT_OPEN;
 	c->inflight = 0;
 	c->in_len = 0;
 	c->out_off = c->out_len = 0;
@@ -4489,9 +4553,7 @@ client_take_frames(struct client_conn *c)
 	memmove(c->in, c->in + off, c->in_len - off);
 	c->in_len -= off;
 	c->frame_start_ms = g.now_ms;	/* the next frame's clock starts */
-	if (c->state != CLIENT_EOF)
-		c->state = c->in_len >= 2 ? CLIENT_READ_MSG : CLIENT_READ_LEN;
-	else if (client_is_idle(c) && !client_has_frame(c))
+	if (c->state == CLIENT_EOF && client_is_idle(c) && !client_has_frame(c))
 		client_close(c);
 }
 
@@ -4908,19 +4970,20 @@ query_deliver(int slot, const unsigned char *answer, size_t len)
 {
 	static unsigned char msg[MSG_MAX_BYTES + DNS_OPT_BYTES];
 	struct pending_query *p = &g.pending[slot];
+	struct dns_summary s;
 	uint32_t ttl;
 
 	query_detach(slot);
 	memcpy(msg, answer, len);
 	len = dns_prepare_answer(msg, len, MSG_MAX_BYTES, p->qi.qend,
-	    g.cache.min_ttl_s, g.cache.max_ttl_s, &ttl);
+	    g.cache.min_ttl_s, g.cache.max_ttl_s, &ttl, &s);
 	if (len != 0 && (p->cache_key >> 3) != 0)
 		msg[3] &= (unsigned char)~DNS_FLAG_AD;	/* plain DNS: AD says
 						 * nothing a path could not forge */
 	if (len != 0) {
-		cache_store(msg, len, p->qi.qend, p->cache_key, ttl);
+		cache_store(msg, len, p->qi.qend, p->cache_key, ttl, &s);
 		len = dns_answer_for_client(msg, len, p->query, &p->qi,
-		    query_udp_limit(p));
+		    query_udp_limit(p), &s);
 	}
 	if (len == 0) {
 		if (ratelimit_ok(&g.rl_mismatch))
@@ -4944,6 +5007,7 @@ static int
 query_serve_stale(struct pending_query *p)
 {
 	static unsigned char out[CACHE_MAX_ANSWER_BYTES];
+	struct dns_summary s;
 	size_t len;
 	int e;
 
@@ -4953,9 +5017,9 @@ query_serve_stale(struct pending_query *p)
 	    cache_hash(p->query, p->qi.qend, p->cache_key));
 	if (e < 0)
 		return 0;
-	len = cache_get(e, out, 1);
+	len = cache_get(e, out, 1, &s);
 	len = dns_answer_for_client(out, len, p->query, &p->qi,
-	    query_udp_limit(p));
+	    query_udp_limit(p), &s);
 	if (len == 0)
 		return 0;
 	g.cache.stale++;
@@ -4996,9 +5060,20 @@ query_fail(int slot, int rcode)
 static void
 query_expire(int slot)
 {
-	if (g.pending[slot].twin >= 0)
-		query_drop(g.pending[slot].twin);
+	struct pending_query *p = &g.pending[slot];
+	enum route_kind route = (enum route_kind)p->route;
+	size_t idx = p->route_idx;
+	int sent = p->state == PENDING_SENT;
+	int64_t sent_ms = p->sent_ms;
+
+	if (p->twin >= 0)
+		query_drop(p->twin);
 	query_fail(slot, DNS_RCODE_SERVFAIL);
+	/* What a timeout tells the route it was on. */
+	if (route == ROUTE_UPSTREAM && sent)
+		upstream_expired(&g.upstreams[idx], sent_ms);
+	else if (route == ROUTE_ZONE)
+		zone_error(&g.zones[idx], "no answer in time", ETIMEDOUT);
 }
 
 /*
@@ -5038,16 +5113,17 @@ query_from_cache(const unsigned char *msg, const struct dns_query_info *qi,
     const struct origin *from, uint8_t key)
 {
 	static unsigned char out[CACHE_MAX_ANSWER_BYTES];
+	struct dns_summary s;
 	size_t len;
 	int e;
 
 	e = cache_find(msg, qi->qend, key, cache_hash(msg, qi->qend, key));
-	if (e < 0 || (len = cache_get(e, out, 0)) == 0) {
+	if (e < 0 || (len = cache_get(e, out, 0, &s)) == 0) {
 		g.cache.misses++;
 		return 0;
 	}
 	len = dns_answer_for_client(out, len, msg, qi,
-	    from->kind == ORIGIN_UDP ? qi->udp_limit : 0);
+	    from->kind == ORIGIN_UDP ? qi->udp_limit : 0, &s);
 	if (len == 0)
 		return 0;
 	g.cache.hits++;
@@ -5082,7 +5158,7 @@ query_receive_oversized(const unsigned char *msg, size_t len,
 	g.n_udp_queries++;
 	if (dns_parse_query(msg, len, &qi) == DNS_DROP)
 		return;
-	if (!trust_allowed(&from->peer)) {
+	if (!acl_allowed(&from->peer)) {
 		g.n_refused++;
 		query_reply_error(msg, &qi, from, DNS_RCODE_REFUSED);
 		return;
@@ -5115,7 +5191,7 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 			client_answer(from->slot, from->gen, NULL, 0);
 		return;
 	}
-	if (!trust_allowed(&from->peer)) {
+	if (!acl_allowed(&from->peer)) {
 		/* Not an open resolver: REFUSED (RFC 8906 3.1.5), small and
 		 * no larger than the query, whatever else it is. */
 		g.n_refused++;
@@ -5182,20 +5258,8 @@ loop_expire(void)
 
 	while (g.age_head >= 0 &&
 	    g.pending[g.age_head].deadline_ms <= g.now_ms) {
-		int slot = g.age_head;
-		struct pending_query *p = &g.pending[slot];
-		struct upstream *u = p->route == ROUTE_UPSTREAM ?
-		    &g.upstreams[p->route_idx] : NULL;
-		int silent = u != NULL && p->state == PENDING_SENT &&
-		    u->answer_ms < p->sent_ms;
-
 		log_debug("query timed out: SERVFAIL");
-		if (p->route == ROUTE_ZONE)
-			zone_error(&g.zones[p->route_idx], "no answer in time",
-			    ETIMEDOUT);
-		query_expire(slot);
-		if (silent && u->state == UPSTREAM_READY)
-			upstream_silent(u);
+		query_expire(g.age_head);
 	}
 	for (i = 0; i < g.n_upstreams; i++)
 		upstream_timers(&g.upstreams[i]);
@@ -5447,10 +5511,11 @@ loop_run(void)
 	}
 }
 
-/* ==== config: options, specs, signals ================================= */
+/* ==== config: specs and the command line ============================ */
 /*
  * Start-up only: every error here is fatal and names the bad value. The
- * parsers are pure functions (the unit tests call them).
+ * spec parsers are pure functions (the unit tests call them); one table,
+ * config_options, drives the command line, the range checks and --help.
  */
 
 /* Public resolvers whose authentication name is known (their
@@ -5510,19 +5575,6 @@ config_parse_port(const char *s, uint16_t *port)
 		return -1;
 	*port = (uint16_t)v;
 	return 0;
-}
-
-/* Parses the value of a numeric option, or dies naming it. */
-static unsigned
-config_number(const char *opt, const char *s, unsigned long min,
-    unsigned long max, const char *unit)
-{
-	unsigned long v;
-
-	if (util_parse_uint(s, min, max, &v) < 0)
-		die("bad %s '%s' (want %s, %lu to %lu)", opt, s, unit, min,
-		    max);
-	return (unsigned)v;
 }
 
 /* Parses an IPv4 or IPv6 literal. Returns 0 or -1. */
@@ -5771,19 +5823,6 @@ config_parse_zone(const char *spec, struct zone *z)
 	return NULL;
 }
 
-/* Checks at start-up that a zone's server can be reached at all (an
- * IPv6 server on a host without IPv6): fatal if not. Each query later
- * has its own socket (zone_send). */
-static void
-config_check_zone(const struct zone *z)
-{
-	int fd = zone_socket(z, SOCK_DGRAM);
-
-	if (fd < 0)
-		die("forward zone %s: %s", z->label, strerror(errno));
-	close(fd);
-}
-
 /* Parses a byte count with an optional k or m suffix (--cache-size). */
 static int
 config_parse_size(const char *s, size_t *out)
@@ -5807,13 +5846,459 @@ config_parse_size(const char *s, size_t *out)
 	return 0;
 }
 
+/* Parses UID[:GID] (numbers: a scratch image has no /etc/passwd). */
+static int
+config_parse_user(const char *s, long *uid, long *gid)
+{
+	char buf[32];
+	char *colon;
+	unsigned long v;
+
+	if (strlen(s) >= sizeof buf)
+		return -1;
+	strcpy(buf, s);
+	colon = strchr(buf, ':');
+	if (colon != NULL)
+		*colon = '\0';
+	if (util_parse_uint(buf, 0, 0x7FFFFFFF, &v) < 0)
+		return -1;
+	*uid = (long)v;
+	if (colon == NULL) {
+		*gid = *uid;
+		return 0;
+	}
+	if (util_parse_uint(colon + 1, 0, 0x7FFFFFFF, &v) < 0)
+		return -1;
+	*gid = (long)v;
+	return 0;
+}
+
+/* Start-up choices that live only until the loop starts. */
+static struct start_opts {
+	const char *listen_specs[MAX_LISTENERS];
+	size_t n_listen;
+	const char *ca_file, *chroot_dir;
+	size_t cache_bytes;
+	unsigned cache_min_ttl, cache_max_ttl, serve_stale;
+	long uid, gid;			/* -1: keep */
+} config;
+
+/*
+ * The command line: one table drives parsing, the range checks and
+ * --help (dnsmasq's opts[]/usage[] are the model). A number goes straight
+ * into its target; any other value goes through config_take(). A new
+ * option is one line here (and one in config_take if it is not a plain
+ * number), and one row in the README's table (tests/test_docs.py checks
+ * that the two agree).
+ */
+enum config_kind {
+	CONFIG_FLAG,			/* no value */
+	CONFIG_NUMBER,			/* unsigned, in [min, max] */
+	CONFIG_SIZE,			/* bytes, k or m suffix, in [min, max] */
+	CONFIG_VALUE,			/* text for config_take() */
+};
+
+struct config_option {
+	char shortname;			/* 0: the long name only */
+	uint8_t kind;			/* enum config_kind */
+	uint8_t zero_off;		/* 0 is allowed too: "off" */
+	const char *name;		/* the long name, without "--" */
+	const char *arg;		/* the value's name in --help */
+	void *target;			/* unsigned (NUMBER), size_t (SIZE) */
+	unsigned long min, max;
+	const char *unit;		/* of a number, for messages */
+	const char *help;		/* --help adds default and range */
+};
+
+static const struct config_option config_options[] = {
+	{ 'l', CONFIG_VALUE, 0, "listen", "ADDR", NULL, 0, 0, NULL,
+	    "listen on ADDR, UDP and TCP (repeatable): IP, IP@PORT, "
+	    "IPv4:PORT or [IPv6]:PORT; default 0.0.0.0@53 and ::@53" },
+	{ 'u', CONFIG_VALUE, 0, "upstream", "SPEC", NULL, 0, 0, NULL,
+	    "forward to SPEC (repeatable, in order of preference): "
+	    "IP[@PORT][#AUTHNAME][^PIN]..., PORT 853 by default, AUTHNAME "
+	    "the name its certificate must carry (built in for the resolvers "
+	    "below), PIN sha256/BASE64 of its key, or pin-only to trust the "
+	    "pins alone; default 1.1.1.1 and 1.0.0.1 (or DOT_SERVER)" },
+	{ 'c', CONFIG_VALUE, 0, "ca-file", "FILE", NULL, 0, 0, NULL,
+	    "trust the PEM roots in FILE instead of the compiled-in ones" },
+	{ 't', CONFIG_NUMBER, 0, "timeout", "MS", &g.query_timeout_ms,
+	    100, 60000, "milliseconds",
+	    "answer SERVFAIL to a query not answered within MS" },
+	{ 0, CONFIG_NUMBER, 0, "idle-timeout", "MS", &g.idle_timeout_ms,
+	    100, 3600000, "milliseconds",
+	    "close an upstream connection idle for MS" },
+	{ 0, CONFIG_NUMBER, 0, "max-backoff", "MS", &g.max_backoff_ms,
+	    BACKOFF_MIN_MS, 3600000, "milliseconds",
+	    "wait at most MS before trying a failed upstream again" },
+	{ 0, CONFIG_NUMBER, 1, "padding", "BLOCK", &g.pad_block,
+	    16, PAD_BLOCK_MAX_BYTES, "bytes",
+	    "pad queries to a multiple of BLOCK (RFC 8467)" },
+	{ 0, CONFIG_SIZE, 1, "cache-size", "BYTES", &config.cache_bytes,
+	    4096, 1024UL * 1024 * 1024, "bytes",
+	    "memory for the answer cache, with a k or m suffix" },
+	{ 0, CONFIG_NUMBER, 0, "cache-min-ttl", "S", &config.cache_min_ttl,
+	    0, 86400, "seconds", "keep answers in the cache at least S" },
+	{ 0, CONFIG_NUMBER, 0, "cache-max-ttl", "S", &config.cache_max_ttl,
+	    1, 7 * 86400, "seconds", "keep answers in the cache at most S" },
+	{ 0, CONFIG_NUMBER, 0, "serve-stale", "S", &config.serve_stale,
+	    0, 7 * 86400, "seconds",
+	    "when no upstream answers, serve answers expired less than S "
+	    "ago, with TTL 30 (RFC 8767); 0: never" },
+	{ 0, CONFIG_VALUE, 0, "forward-zone", "DOMAIN=IP[@PORT]", NULL, 0, 0,
+	    NULL, "send queries at or below DOMAIN to the plain-DNS server IP "
+	    "(repeatable; the longest match wins)" },
+	{ 0, CONFIG_NUMBER, 0, "drain-timeout", "MS", &g.drain_ms,
+	    0, 600000, "milliseconds",
+	    "on SIGTERM, finish the queries in flight for at most MS" },
+	{ 0, CONFIG_VALUE, 0, "allow", "CIDR", NULL, 0, 0, NULL,
+	    "answer clients in CIDR (repeatable); default loopback, RFC "
+	    "1918, link-local and ULA; others get REFUSED" },
+	{ 0, CONFIG_VALUE, 0, "user", "UID[:GID]", NULL, 0, 0, NULL,
+	    "run as UID:GID (numbers) once the ports are open" },
+	{ 0, CONFIG_VALUE, 0, "chroot", "DIR", NULL, 0, 0, NULL,
+	    "chroot to DIR once the ports are open" },
+	{ 'v', CONFIG_FLAG, 0, "verbose", NULL, NULL, 0, 0, NULL,
+	    "log every event, query names included" },
+	{ 'q', CONFIG_FLAG, 0, "quiet", NULL, NULL, 0, 0, NULL,
+	    "log warnings and errors only" },
+	{ 'h', CONFIG_FLAG, 0, "help", NULL, NULL, 0, 0, NULL,
+	    "show this help" },
+	{ 'V', CONFIG_FLAG, 0, "version", NULL, NULL, 0, 0, NULL,
+	    "show the version" },
+};
+
+#define CONFIG_N_OPTIONS (sizeof config_options / sizeof config_options[0])
+
+/* Defaults, before the command line. */
+static void
+config_defaults(void)
+{
+	memset(&config, 0, sizeof config);
+	config.cache_bytes = CACHE_DEFAULT_BYTES;
+	config.cache_min_ttl = CACHE_MIN_TTL_S;
+	config.cache_max_ttl = CACHE_MAX_TTL_S;
+	config.uid = config.gid = -1;
+	g.log_level = LOG_INFO;
+	g.query_timeout_ms = QUERY_TIMEOUT_MS;
+	g.idle_timeout_ms = UPSTREAM_IDLE_MS;
+	g.max_backoff_ms = BACKOFF_MAX_MS;
+	g.pad_block = PAD_BLOCK_BYTES;
+	g.drain_ms = DRAIN_TIMEOUT_MS;
+	g.tas = TAs;
+	g.n_tas = TAs_NUM;
+	g.now_ms = time_now_ms();
+}
+
+/* Writes text into out at o, words wrapped at 78 columns, each new line
+ * indented by 8. Returns the new offset. */
+static size_t
+config_wrap(char *out, size_t cap, size_t o, const char *text, size_t col)
+{
+	while (*text != '\0') {
+		size_t w = strcspn(text, " ");
+
+		if (col > 8 && col + 1 + w > 78) {
+			o += util_fmt(out + o, cap - o, "\n        ");
+			col = 8;
+		} else if (col > 8) {
+			o += util_fmt(out + o, cap - o, " ");
+			col++;
+		}
+		if (o + w < cap) {
+			memcpy(out + o, text, w);
+			o += w;
+		}
+		col += w;
+		text += w;
+		text += *text == ' ';
+	}
+	return o;
+}
+
+/* Writes a size as 256k, 1m or bytes. */
+static void
+config_size_text(size_t v, char *out, size_t cap)
+{
+	if (v != 0 && v % (1024 * 1024) == 0)
+		util_fmt(out, cap, "%zum", v / (1024 * 1024));
+	else if (v != 0 && v % 1024 == 0)
+		util_fmt(out, cap, "%zuk", v / 1024);
+	else
+		util_fmt(out, cap, "%zu", v);
+}
+
+/*
+ * --help: every option of the table, with its default (the value it has
+ * now, before the command line is read) and its range, then the public
+ * resolvers whose authentication name is built in.
+ */
+static void
+config_usage(int fd)
+{
+	static char text[8192];
+	size_t o, i, j;
+
+	o = util_fmt(text, sizeof text, "Usage: dotproxy [OPTION]...\n"
+	    "Serve plain DNS on UDP and TCP; forward every query over "
+	    "DNS-over-TLS.\n\n");
+	for (i = 0; i < CONFIG_N_OPTIONS; i++) {
+		const struct config_option *c = &config_options[i];
+		char line[512], lo[16], hi[16], def[16];
+		size_t n = 0;
+
+		o += util_fmt(text + o, sizeof text - o, "  %c%c%s--%s%s%s\n"
+		    "        ", c->shortname ? '-' : ' ', c->shortname ?
+		    c->shortname : ' ', c->shortname ? ", " : "  ", c->name,
+		    c->arg ? " " : "", c->arg ? c->arg : "");
+		n = util_fmt(line, sizeof line, "%s", c->help);
+		if (c->kind == CONFIG_NUMBER || c->kind == CONFIG_SIZE) {
+			if (c->kind == CONFIG_SIZE) {
+				config_size_text(*(size_t *)c->target, def,
+				    sizeof def);
+				config_size_text(c->min, lo, sizeof lo);
+				config_size_text(c->max, hi, sizeof hi);
+			} else {
+				util_fmt(def, sizeof def, "%u",
+				    *(unsigned *)c->target);
+				util_fmt(lo, sizeof lo, "%lu", c->min);
+				util_fmt(hi, sizeof hi, "%lu", c->max);
+			}
+			util_fmt(line + n, sizeof line - n, " (default %s%s%s; "
+			    "%s to %s%s)", def, c->kind == CONFIG_SIZE ? "" : " ",
+			    c->kind == CONFIG_SIZE ? "" : c->unit, lo, hi,
+			    c->zero_off ? ", 0: off" : "");
+		}
+		o = config_wrap(text, sizeof text, o, line, 8);
+		o += util_fmt(text + o, sizeof text - o, "\n");
+	}
+	o += util_fmt(text + o, sizeof text - o, "\nEnvironment: "
+	    "DOT_SERVER=SPEC[,SPEC]... is used when no --upstream is given.\n"
+	    "Signals: SIGTERM and SIGINT stop it (exit status 0) after the "
+	    "queries in\nflight are answered; SIGHUP tries upstreams in "
+	    "back-off again at once;\nSIGUSR1 writes a line of counters to "
+	    "stderr.\n\nResolvers whose AUTHNAME is built in:\n");
+	for (i = 0; i < sizeof config_known / sizeof config_known[0]; i = j) {
+		o += util_fmt(text + o, sizeof text - o, "  %s:",
+		    config_known[i].name);
+		for (j = i; j < sizeof config_known / sizeof config_known[0] &&
+		    strcmp(config_known[j].name, config_known[i].name) == 0;
+		    j++)
+			o += util_fmt(text + o, sizeof text - o, " %s",
+			    config_known[j].ip);
+		o += util_fmt(text + o, sizeof text - o, "\n");
+	}
+	util_write(fd, text, o);
+}
+
+/* A usage error (unknown option, missing value): exit status 2. */
+static void
+config_usage_error(const char *what, const char *arg)
+{
+	char line[512];
+	size_t n = util_fmt(line, sizeof line, "dotproxy: %s '%s'\n"
+	    "Try 'dotproxy --help'.\n", what, arg);
+
+	util_write(2, line, n);
+	exit(2);
+}
+
+/* Adds an upstream spec (from -u or DOT_SERVER), or dies naming it. */
+static void
+config_add_upstream(const char *spec, const char *source)
+{
+	struct upstream *u;
+	const char *why;
+
+	if (g.n_upstreams == MAX_UPSTREAMS)
+		die("too many upstreams (at most %d): '%s'", MAX_UPSTREAMS,
+		    spec);
+	u = &g.upstreams[g.n_upstreams];
+	why = config_parse_upstream(spec, u);
+	if (why != NULL)
+		die("bad upstream '%s'%s: %s", spec, source, why);
+	g.n_upstreams++;
+}
+
+/* Adds upstreams from a comma- or space-separated list (DOT_SERVER). */
+static void
+config_add_upstream_list(const char *list, const char *source)
+{
+	char buf[4096], *tok, *save = NULL;
+	int n = 0;
+
+	if (strlen(list) >= sizeof buf)
+		die("DOT_SERVER is too long");
+	strcpy(buf, list);
+	for (tok = strtok_r(buf, ", \t", &save); tok != NULL;
+	    tok = strtok_r(NULL, ", \t", &save), n++)
+		config_add_upstream(tok, source);
+	if (n == 0)
+		die("DOT_SERVER is set but names no upstream");
+}
+
+/* Takes the value of an option that is not a plain number (dies naming
+ * a bad one). */
+static void
+config_take(const struct config_option *c, const char *arg)
+{
+	const char *why;
+
+	if (c->shortname == 'l') {
+		if (config.n_listen == MAX_LISTENERS)
+			die("too many listen addresses (at most %d): '%s'",
+			    MAX_LISTENERS, arg);
+		config.listen_specs[config.n_listen++] = arg;
+	} else if (c->shortname == 'u') {
+		config_add_upstream(arg, "");
+	} else if (c->shortname == 'c') {
+		config.ca_file = arg;
+	} else if (strcmp(c->name, "forward-zone") == 0) {
+		if (g.n_zones == MAX_ZONES)
+			die("too many forward zones (at most %d): '%s'",
+			    MAX_ZONES, arg);
+		why = config_parse_zone(arg, &g.zones[g.n_zones]);
+		if (why != NULL)
+			die("bad --forward-zone '%s': %s", arg, why);
+		g.n_zones++;
+	} else if (strcmp(c->name, "allow") == 0) {
+		acl_add(arg);
+	} else if (strcmp(c->name, "user") == 0) {
+		if (config_parse_user(arg, &config.uid, &config.gid) < 0)
+			die("bad --user '%s' (want UID or UID:GID, numbers)",
+			    arg);
+	} else {			/* --chroot */
+		config.chroot_dir = arg;
+	}
+}
+
+/* Takes one option and its value (NULL for a flag); --help and
+ * --version exit here. */
+static void
+config_apply(const struct config_option *c, const char *arg)
+{
+	static const char version[] = "dotproxy " DOTPROXY_VERSION
+	    " (BearSSL 0.6, TLS 1.2)\n";
+	unsigned long v;
+	size_t size = 0;
+	int bad;
+
+	switch (c->kind) {
+	case CONFIG_FLAG:
+		if (c->shortname == 'v')
+			g.log_level = LOG_DEBUG;
+		else if (c->shortname == 'q')
+			g.log_level = LOG_WARN;
+		else if (c->shortname == 'h') {
+			config_usage(1);
+			exit(0);
+		} else {
+			util_write(1, version, sizeof version - 1);
+			exit(0);
+		}
+		return;
+	case CONFIG_NUMBER:
+		bad = util_parse_uint(arg, c->zero_off ? 0 : c->min, c->max,
+		    &v) < 0 || (v != 0 && v < c->min);
+		if (!bad)
+			*(unsigned *)c->target = (unsigned)v;
+		break;
+	case CONFIG_SIZE:
+		bad = config_parse_size(arg, &size) < 0 || size > c->max ||
+		    (size < c->min && !(c->zero_off && size == 0));
+		if (!bad)
+			*(size_t *)c->target = size;
+		break;
+	default:
+		config_take(c, arg);
+		return;
+	}
+	if (bad && c->kind == CONFIG_SIZE)
+		die("bad --%s '%s' (want bytes, with k or m for KiB or MiB, "
+		    "4k to 1024m, or 0 for none)", c->name, arg);
+	if (bad)
+		die("bad --%s '%s' (want %s, %lu to %lu%s)", c->name, arg,
+		    c->unit, c->min, c->max, c->zero_off ? ", or 0 for none" :
+		    "");
+}
+
+/* The table entry for a long name (up to len) or a short one. */
+static const struct config_option *
+config_find(const char *name, size_t len, char shortname)
+{
+	size_t i;
+
+	for (i = 0; i < CONFIG_N_OPTIONS; i++) {
+		const struct config_option *c = &config_options[i];
+
+		if (shortname ? c->shortname == shortname :
+		    strlen(c->name) == len && memcmp(c->name, name, len) == 0)
+			return c;
+	}
+	return NULL;
+}
+
+/*
+ * Parses the command line: --name VALUE, --name=VALUE, -x VALUE, -xVALUE,
+ * flags grouped (-vq), "--" ends the options. A usage error (unknown
+ * option, missing value, stray argument) exits with status 2, a bad value
+ * with status 1 (config_apply).
+ */
+static void
+config_parse_args(int argc, char **argv)
+{
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		const char *a = argv[i], *val = NULL, *eq;
+		const struct config_option *c = NULL;
+
+		if (strcmp(a, "--") == 0) {
+			i++;
+			break;
+		}
+		if (a[0] != '-' || a[1] == '\0')
+			break;
+		if (a[1] == '-') {
+			eq = strchr(a + 2, '=');
+			c = config_find(a + 2, eq ? (size_t)(eq - a - 2) :
+			    strlen(a + 2), 0);
+			val = eq ? eq + 1 : NULL;
+			if (c == NULL || (c->kind == CONFIG_FLAG && eq))
+				config_usage_error("unknown option", a);
+		} else {
+			for (a++; *a && (c = config_find(NULL, 0, *a)) &&
+			    c->kind == CONFIG_FLAG && a[1]; a++)
+				config_apply(c, NULL);	/* -vq */
+			if (c == NULL)
+				config_usage_error("unknown option", argv[i]);
+			val = a[1] ? a + 1 : NULL;
+		}
+		if (c->kind != CONFIG_FLAG && val == NULL) {
+			if (i + 1 >= argc)
+				config_usage_error("this option needs a value:",
+				    argv[i]);
+			val = argv[++i];
+		}
+		config_apply(c, val);
+	}
+	if (i < argc)
+		config_usage_error("unexpected argument", argv[i]);
+}
+
+/* ==== start: from the options to a running loop, and back ============= */
+/*
+ * The operating system's part: descriptors, listening sockets, signals,
+ * the privilege drop, and the order they come in. Fatal on any error.
+ */
+
 /*
  * Closes every descriptor a parent left open past stderr: they are not
  * ours, and they would push dotproxy's own past FD_SETSIZE, where
  * select() cannot watch them.
  */
 static void
-config_close_inherited(void)
+start_close_inherited(void)
 {
 	struct rlimit rl;
 	long fd, max = 1L << 20;
@@ -5830,7 +6315,7 @@ config_close_inherited(void)
 
 /* Returns 1 if an address is 0.0.0.0 or ::. */
 static int
-config_is_wildcard(const union sockaddr_u *a)
+start_is_wildcard(const union sockaddr_u *a)
 {
 	static const unsigned char zero[16];
 
@@ -5845,7 +6330,7 @@ config_is_wildcard(const union sockaddr_u *a)
  * skipped with a warning: returns -1 then, else 0.
  */
 static int
-config_open_listener(struct listener *l, int optional)
+start_open_listener(struct listener *l, int optional)
 {
 	static const int types[2] = { SOCK_DGRAM, SOCK_STREAM };
 	int fds[2] = { -1, -1 }, one = 1, i;
@@ -5876,7 +6361,7 @@ config_open_listener(struct listener *l, int optional)
 	}
 	l->udp_fd = fds[0];
 	l->tcp_fd = fds[1];
-	l->wildcard = config_is_wildcard(&l->addr);
+	l->wildcard = start_is_wildcard(&l->addr);
 	if (l->wildcard)
 		udp_enable_pktinfo(l->udp_fd, fam);
 	log_info("listening on %s (UDP and TCP)", name);
@@ -5902,8 +6387,38 @@ fail:
 	return -1;
 }
 
+/* Parses a --listen spec and opens its sockets (fatal on error). */
 static void
-config_on_signal(int sig)
+start_listener(const char *spec, int optional)
+{
+	struct listener *l;
+
+	if (g.n_listeners == MAX_LISTENERS)
+		die("too many listen addresses (at most %d): '%s'",
+		    MAX_LISTENERS, spec);
+	l = &g.listeners[g.n_listeners];
+	if (config_parse_addr(spec, DEFAULT_PORT, &l->addr, &l->addrlen) < 0)
+		die("bad listen address '%s' (want IP, IP@PORT, IPv4:PORT or "
+		    "[IPv6]:PORT)", spec);
+	if (start_open_listener(l, optional) == 0)
+		g.n_listeners++;
+}
+
+/* Checks at start-up that a zone's server can be reached at all (an
+ * IPv6 server on a host without IPv6): fatal if not. Each query later
+ * has its own socket (zone_send). */
+static void
+start_check_zone(const struct zone *z)
+{
+	int fd = zone_socket(z, SOCK_DGRAM);
+
+	if (fd < 0)
+		die("forward zone %s: %s", z->label, strerror(errno));
+	close(fd);
+}
+
+static void
+start_on_signal(int sig)
 {
 	if (sig == SIGUSR1) {
 		g_stats_wanted = 1;
@@ -5920,12 +6435,12 @@ config_on_signal(int sig)
 /* dotproxy is PID 1 in a scratch container: the kernel ignores signals
  * that PID 1 does not handle, so SIGTERM and SIGINT are caught. */
 static void
-config_signals(void)
+start_signals(void)
 {
 	struct sigaction sa;
 
 	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = config_on_signal;
+	sa.sa_handler = start_on_signal;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
@@ -5936,185 +6451,13 @@ config_signals(void)
 	sigaction(SIGPIPE, &sa, NULL);
 }
 
-static void
-config_usage(int fd)
-{
-	char text[4096];
-	size_t n = util_fmt(text, sizeof text,
-"Usage: dotproxy [OPTION]...\n"
-"Serve plain DNS on UDP and TCP; forward every query over DNS-over-TLS.\n"
-"\n"
-"  -l, --listen ADDR      listen on ADDR (repeatable): IP, IP@PORT,\n"
-"                         IPv4:PORT or [IPv6]:PORT; default 0.0.0.0@53 and\n"
-"                         ::@53\n"
-"  -u, --upstream SPEC    forward to SPEC (repeatable, in order of\n"
-"                         preference): IP[@PORT][#AUTHNAME][^PIN]..., PORT\n"
-"                         853 by default; AUTHNAME is the name the\n"
-"                         certificate must carry, known for public\n"
-"                         resolvers (1.1.1.1, 8.8.8.8, 9.9.9.9, ...); PIN is\n"
-"                         sha256/BASE64 of the server's key, or pin-only to\n"
-"                         trust the pins alone; default 1.1.1.1, 1.0.0.1\n"
-"  -c, --ca-file FILE     trust the PEM roots in FILE instead of the\n"
-"                         compiled-in roots\n"
-"  -t, --timeout MS       answer SERVFAIL to a query not answered within MS\n"
-"                         milliseconds (default %d)\n"
-"      --idle-timeout MS  close an upstream connection idle for MS\n"
-"                         milliseconds (default %d)\n"
-"      --max-backoff MS   wait at most MS milliseconds before trying a\n"
-"                         failed upstream again (default %d)\n"
-"      --padding BLOCK    pad queries to a multiple of BLOCK bytes\n"
-"                         (RFC 8467; default %d, 0 for none)\n"
-"      --cache-size BYTES memory for the answer cache, k or m suffix\n"
-"                         (default %dk; 0 for no cache)\n"
-"      --cache-min-ttl S  cache answers at least S seconds (default %d)\n"
-"      --cache-max-ttl S  cache answers at most S seconds (default %d)\n"
-"      --serve-stale S    when no upstream answers, serve answers expired\n"
-"                         less than S seconds ago, with TTL 30 (RFC 8767;\n"
-"                         default 0: never)\n"
-"      --forward-zone DOMAIN=IP[@PORT]\n"
-"                         send queries at or below DOMAIN to the plain-DNS\n"
-"                         server IP (repeatable; longest match wins)\n"
-"      --drain-timeout MS on SIGTERM, finish queries in flight for at most\n"
-"                         MS milliseconds (default %d)\n"
-"      --allow CIDR       answer clients in CIDR (repeatable); default:\n"
-"                         loopback and private ranges; others get REFUSED\n"
-"      --user UID[:GID]   run as UID:GID (numbers) once the ports are open\n"
-"      --chroot DIR       chroot to DIR once the ports are open\n"
-"  -v, --verbose          log every event, query names included\n"
-"  -q, --quiet            log warnings and errors only\n"
-"  -h, --help             show this help\n"
-"  -V, --version          show the version\n"
-"\n"
-"Environment: DOT_SERVER=SPEC[,SPEC]... is used when no --upstream is given.\n"
-"Signals: SIGTERM and SIGINT stop it (exit status 0) after the queries in\n"
-"flight are answered; SIGHUP tries upstreams in back-off again at once;\n"
-"SIGUSR1 writes a line of counters to stderr.\n",
-	    QUERY_TIMEOUT_MS, UPSTREAM_IDLE_MS, BACKOFF_MAX_MS,
-	    PAD_BLOCK_BYTES, CACHE_DEFAULT_BYTES / 1024, CACHE_MIN_TTL_S,
-	    CACHE_MAX_TTL_S, DRAIN_TIMEOUT_MS);
-
-	util_write(fd, text, n);
-}
-
-/* A usage error (unknown option, missing value): exit status 2. */
-static void
-config_usage_error(const char *what, const char *arg)
-{
-	char line[512];
-	size_t n = util_fmt(line, sizeof line, "dotproxy: %s '%s'\n"
-	    "Try 'dotproxy --help'.\n", what, arg);
-
-	util_write(2, line, n);
-	exit(2);
-}
-
-/* Adds upstreams from a comma- or space-separated list (DOT_SERVER). */
-static void
-config_add_upstream(const char *spec, const char *source)
-{
-	struct upstream *u;
-	const char *why;
-
-	if (g.n_upstreams == MAX_UPSTREAMS)
-		die("too many upstreams (at most %d): '%s'", MAX_UPSTREAMS,
-		    spec);
-	u = &g.upstreams[g.n_upstreams];
-	why = config_parse_upstream(spec, u);
-	if (why != NULL)
-		die("bad upstream '%s'%s: %s", spec, source, why);
-	g.n_upstreams++;
-}
-
-static void
-config_add_upstream_list(const char *list, const char *source)
-{
-	char buf[4096], *tok, *save = NULL;
-	int n = 0;
-
-	if (strlen(list) >= sizeof buf)
-		die("DOT_SERVER is too long");
-	strcpy(buf, list);
-	for (tok = strtok_r(buf, ", \t", &save); tok != NULL;
-	    tok = strtok_r(NULL, ", \t", &save), n++)
-		config_add_upstream(tok, source);
-	if (n == 0)
-		die("DOT_SERVER is set but names no upstream");
-}
-
-static void
-config_add_listener(const char *spec, int optional)
-{
-	struct listener *l;
-
-	if (g.n_listeners == MAX_LISTENERS)
-		die("too many listen addresses (at most %d): '%s'",
-		    MAX_LISTENERS, spec);
-	l = &g.listeners[g.n_listeners];
-	if (config_parse_addr(spec, DEFAULT_PORT, &l->addr, &l->addrlen) < 0)
-		die("bad listen address '%s' (want IP, IP@PORT, IPv4:PORT or "
-		    "[IPv6]:PORT)", spec);
-	if (config_open_listener(l, optional) == 0)
-		g.n_listeners++;
-}
-
-/* Adds an --allow range, or dies naming it. */
-static void
-config_add_allow(const char *spec)
-{
-	if (g.n_allow == MAX_ALLOW)
-		die("too many --allow ranges (at most %d): '%s'", MAX_ALLOW,
-		    spec);
-	if (trust_parse_range(spec, &g.allow[g.n_allow]) < 0)
-		die("bad --allow '%s' (want IP/PREFIX, e.g. 192.168.0.0/16 or "
-		    "::/0)", spec);
-	g.n_allow++;
-}
-
-/* Without --allow: loopback and the private ranges (trust_default_allow). */
-static void
-config_default_allow(void)
-{
-	size_t i;
-
-	for (i = 0; i < sizeof trust_default_allow /
-	    sizeof trust_default_allow[0]; i++)
-		config_add_allow(trust_default_allow[i]);
-}
-
-/* Parses UID[:GID] (numbers: a scratch image has no /etc/passwd). */
-static int
-config_parse_user(const char *s, long *uid, long *gid)
-{
-	char buf[32];
-	char *colon;
-	unsigned long v;
-
-	if (strlen(s) >= sizeof buf)
-		return -1;
-	strcpy(buf, s);
-	colon = strchr(buf, ':');
-	if (colon != NULL)
-		*colon = '\0';
-	if (util_parse_uint(buf, 0, 0x7FFFFFFF, &v) < 0)
-		return -1;
-	*uid = (long)v;
-	if (colon == NULL) {
-		*gid = *uid;
-		return 0;
-	}
-	if (util_parse_uint(colon + 1, 0, 0x7FFFFFFF, &v) < 0)
-		return -1;
-	*gid = (long)v;
-	return 0;
-}
-
 /*
  * After the sockets are bound: --chroot, then --user (supplementary
  * groups cleared, group before user). Refuses to go on if any step fails
  * or if root could be regained.
  */
 static void
-config_drop_privileges(const char *dir, long uid, long gid)
+start_drop_privileges(const char *dir, long uid, long gid)
 {
 	if (dir != NULL) {
 		if (chroot(dir) < 0 || chdir("/") < 0)
@@ -6133,210 +6476,18 @@ config_drop_privileges(const char *dir, long uid, long gid)
 	log_info("running as %ld:%ld", uid, gid);
 }
 
-/* Start-up choices that live only until the loop starts. */
-struct start_opts {
-	const char *listen_specs[MAX_LISTENERS];
-	size_t n_listen;
-	const char *ca_file, *chroot_dir;
-	size_t cache_bytes;
-	unsigned cache_min_ttl, cache_max_ttl, serve_stale;
-	long uid, gid;			/* -1: keep */
-};
-
-enum {				/* long options without a short form */
-	OPT_CACHE_SIZE = 256,
-	OPT_CACHE_MIN_TTL,
-	OPT_CACHE_MAX_TTL,
-	OPT_SERVE_STALE,
-	OPT_FORWARD_ZONE,
-	OPT_DRAIN_TIMEOUT,
-	OPT_ALLOW,
-	OPT_USER,
-	OPT_CHROOT,
-};
-
-static void
-config_defaults(struct start_opts *o)
-{
-	memset(o, 0, sizeof *o);
-	o->cache_bytes = CACHE_DEFAULT_BYTES;
-	o->cache_min_ttl = CACHE_MIN_TTL_S;
-	o->cache_max_ttl = CACHE_MAX_TTL_S;
-	o->uid = o->gid = -1;
-	g.log_level = LOG_INFO;
-	g.query_timeout_ms = QUERY_TIMEOUT_MS;
-	g.idle_timeout_ms = UPSTREAM_IDLE_MS;
-	g.max_backoff_ms = BACKOFF_MAX_MS;
-	g.pad_block = PAD_BLOCK_BYTES;
-	g.drain_ms = DRAIN_TIMEOUT_MS;
-	g.tas = TAs;
-	g.n_tas = TAs_NUM;
-	g.now_ms = time_now_ms();
-}
-
-/* Takes one option that has a value (dies naming a bad one). */
-static void
-config_option(struct start_opts *o, int opt, const char *arg)
-{
-	unsigned long v;
-	const char *why;
-
-	switch (opt) {
-	case 'l':
-		if (o->n_listen == MAX_LISTENERS)
-			die("too many listen addresses (at most %d): '%s'",
-			    MAX_LISTENERS, arg);
-		o->listen_specs[o->n_listen++] = arg;
-		break;
-	case 'u':
-		config_add_upstream(arg, "");
-		break;
-	case 'c':
-		o->ca_file = arg;
-		break;
-	case 't':
-		g.query_timeout_ms = config_number("--timeout", arg, 100, 60000,
-		    "milliseconds");
-		break;
-	case 'I':
-		g.idle_timeout_ms = config_number("--idle-timeout", arg, 100,
-		    3600000, "milliseconds");
-		break;
-	case 'B':
-		g.max_backoff_ms = config_number("--max-backoff", arg,
-		    BACKOFF_MIN_MS, 3600000, "milliseconds");
-		break;
-	case 'P':
-		if (util_parse_uint(arg, 0, PAD_BLOCK_MAX_BYTES, &v) < 0 ||
-		    (v != 0 && v < 16))
-			die("bad --padding '%s' (want 0 for none, or a block "
-			    "size from 16 to %d bytes)", arg,
-			    PAD_BLOCK_MAX_BYTES);
-		g.pad_block = (unsigned)v;
-		break;
-	case OPT_CACHE_SIZE:
-		if (config_parse_size(arg, &o->cache_bytes) < 0 ||
-		    (o->cache_bytes != 0 && o->cache_bytes < 4096))
-			die("bad --cache-size '%s' (want bytes, with k or m for "
-			    "KiB or MiB, from 4k to 1024m; 0 for no cache)",
-			    arg);
-		break;
-	case OPT_CACHE_MIN_TTL:
-		o->cache_min_ttl = config_number("--cache-min-ttl", arg, 0,
-		    86400, "seconds");
-		break;
-	case OPT_CACHE_MAX_TTL:
-		o->cache_max_ttl = config_number("--cache-max-ttl", arg, 1,
-		    7 * 86400, "seconds");
-		break;
-	case OPT_SERVE_STALE:
-		o->serve_stale = config_number("--serve-stale", arg, 0,
-		    7 * 86400, "seconds");
-		break;
-	case OPT_FORWARD_ZONE:
-		if (g.n_zones == MAX_ZONES)
-			die("too many forward zones (at most %d): '%s'",
-			    MAX_ZONES, arg);
-		why = config_parse_zone(arg, &g.zones[g.n_zones]);
-		if (why != NULL)
-			die("bad --forward-zone '%s': %s", arg, why);
-		g.n_zones++;
-		break;
-	case OPT_DRAIN_TIMEOUT:
-		g.drain_ms = config_number("--drain-timeout", arg, 0, 600000,
-		    "milliseconds");
-		break;
-	case OPT_ALLOW:
-		config_add_allow(arg);
-		break;
-	case OPT_USER:
-		if (config_parse_user(arg, &o->uid, &o->gid) < 0)
-			die("bad --user '%s' (want UID or UID:GID, numbers)",
-			    arg);
-		break;
-	case OPT_CHROOT:
-		o->chroot_dir = arg;
-		break;
-	}
-}
-
-/* Parses the command line; --help and --version exit here (status 0),
- * usage errors too (status 2). */
-static void
-config_parse_args(int argc, char **argv, struct start_opts *o)
-{
-	static const struct option opts[] = {
-		{ "listen", required_argument, NULL, 'l' },
-		{ "upstream", required_argument, NULL, 'u' },
-		{ "ca-file", required_argument, NULL, 'c' },
-		{ "timeout", required_argument, NULL, 't' },
-		{ "idle-timeout", required_argument, NULL, 'I' },
-		{ "max-backoff", required_argument, NULL, 'B' },
-		{ "padding", required_argument, NULL, 'P' },
-		{ "cache-size", required_argument, NULL, OPT_CACHE_SIZE },
-		{ "cache-min-ttl", required_argument, NULL, OPT_CACHE_MIN_TTL },
-		{ "cache-max-ttl", required_argument, NULL, OPT_CACHE_MAX_TTL },
-		{ "serve-stale", required_argument, NULL, OPT_SERVE_STALE },
-		{ "forward-zone", required_argument, NULL, OPT_FORWARD_ZONE },
-		{ "drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT },
-		{ "allow", required_argument, NULL, OPT_ALLOW },
-		{ "user", required_argument, NULL, OPT_USER },
-		{ "chroot", required_argument, NULL, OPT_CHROOT },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
-	static const char version[] = "dotproxy " DOTPROXY_VERSION
-	    " (BearSSL 0.6, TLS 1.2)\n";
-	int opt;
-
-	opterr = 0;
-	while ((opt = getopt_long(argc, argv, ":l:u:c:t:vqhV", opts,
-	    NULL)) != -1) {
-		const char *last = argv[optind - 1 < argc ? optind - 1 :
-		    argc - 1];
-
-		switch (opt) {
-		case 'v':
-			g.log_level = LOG_DEBUG;
-			break;
-		case 'q':
-			g.log_level = LOG_WARN;
-			break;
-		case 'h':
-			config_usage(1);
-			exit(0);
-		case 'V':
-			util_write(1, version, sizeof version - 1);
-			exit(0);
-		case ':':
-			config_usage_error("this option needs a value:", last);
-			break;
-		case '?':
-			config_usage_error("unknown option", last);
-			break;
-		default:
-			config_option(o, opt, optarg);
-		}
-	}
-	if (optind < argc)
-		config_usage_error("unexpected argument", argv[optind]);
-}
-
 /*
  * Everything between the options and the loop: upstreams (DOT_SERVER,
  * else Cloudflare), cache, zones, anchors, TLS contexts, tables, signals,
  * listeners, access list, and last the privilege drop.
  */
 static void
-config_start(const struct start_opts *o)
+start_up(const struct start_opts *o)
 {
 	const char *env;
 	size_t i;
 
-	config_close_inherited();
+	start_close_inherited();
 	if (g.n_upstreams == 0) {
 		env = getenv("DOT_SERVER");
 		if (env != NULL)
@@ -6358,7 +6509,7 @@ config_start(const struct start_opts *o)
 	g.cache.stale_s = o->serve_stale;
 	zone_init();
 	for (i = 0; i < g.n_zones; i++) {
-		config_check_zone(&g.zones[i]);
+		start_check_zone(&g.zones[i]);
 		g.zone_names[i] = g.zones[i].name;
 		g.zone_lens[i] = g.zones[i].name_len;
 	}
@@ -6368,21 +6519,21 @@ config_start(const struct start_opts *o)
 		upstream_tls_init(&g.upstreams[i]);
 	pending_init();
 	client_init();
-	config_signals();
+	start_signals();
 	if (o->n_listen == 0) {
-		config_add_listener("0.0.0.0@53", 0);
-		config_add_listener("::@53", 1);
+		start_listener("0.0.0.0@53", 0);
+		start_listener("::@53", 1);
 	}
 	for (i = 0; i < o->n_listen; i++)
-		config_add_listener(o->listen_specs[i], 0);
+		start_listener(o->listen_specs[i], 0);
 	if (g.n_allow == 0)
-		config_default_allow();
-	config_drop_privileges(o->chroot_dir, o->uid, o->gid);
+		acl_add_defaults();
+	start_drop_privileges(o->chroot_dir, o->uid, o->gid);
 }
 
 /* After the loop: close_notify where it can go out, sockets closed. */
 static void
-config_stop(void)
+start_stop(void)
 {
 	size_t i;
 
@@ -6401,17 +6552,15 @@ config_stop(void)
 int
 main(int argc, char **argv)
 {
-	struct start_opts o;
-
-	config_defaults(&o);
-	config_parse_args(argc, argv, &o);
-	config_start(&o);
+	config_defaults();
+	config_parse_args(argc, argv);
+	start_up(&config);
 	log_info("ready: %zu listener%s, %zu upstream%s (first: %s), "
 	    "%zu trust anchor%s", g.n_listeners, g.n_listeners == 1 ? "" : "s",
 	    g.n_upstreams, g.n_upstreams == 1 ? "" : "s",
 	    g.upstreams[0].label, g.n_tas, g.n_tas == 1 ? "" : "s");
 	loop_run();
-	config_stop();
+	start_stop();
 	log_info("stopped");
 	return 0;
 }

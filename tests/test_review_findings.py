@@ -270,7 +270,7 @@ def test_udp_tc_answer_within_client_size_despite_big_ede(proxies, scripted):
 def test_oversized_udp_from_outside_allow_is_refused(proxies, fake_dot):
     """--allow 10.0.0.0/8 (so 127.0.0.1 is outside it).  A normal query from
     127.0.0.1 gets REFUSED; a 5,000-byte datagram goes through
-    query_receive_oversized(), which never calls trust_allowed(), and gets a
+    query_receive_oversized(), which never calls acl_allowed(), and gets a
     TC=1 answer, inviting the client to TCP, where it is refused.  Small, and
     no amplification (the answer is shorter than the query), but the access
     list is not applied on that path.  Secure: REFUSED there too (or nothing)."""

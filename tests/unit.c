@@ -69,7 +69,41 @@ static size_t
 prepare(unsigned char *m, size_t len, size_t cap, size_t qend, uint32_t min,
     uint32_t max, uint32_t *ttl)
 {
-	return dns_prepare_answer(m, len, cap, qend, min, max, ttl);
+	struct dns_summary s;
+
+	return dns_prepare_answer(m, len, cap, qend, min, max, ttl, &s);
+}
+
+/* dns_answer_for_client with the summary it is given in the proxy (made
+ * here by dns_summarize; 0 for a malformed message). */
+static size_t
+afc(unsigned char *m, size_t len, const unsigned char *q,
+    const struct dns_query_info *qi, size_t limit)
+{
+	struct dns_summary s;
+
+	if (dns_summarize(m, len, qi->qend, &s) < 0)
+		return 0;
+	return dns_answer_for_client(m, len, q, qi, limit, &s);
+}
+
+/* cache_store and cache_get with the summary the proxy passes along. */
+static void
+cstore(const unsigned char *m, size_t len, size_t qend, uint8_t key,
+    uint32_t ttl)
+{
+	struct dns_summary s;
+
+	if (dns_summarize(m, len, qend, &s) == 0)
+		cache_store(m, len, qend, key, ttl, &s);
+}
+
+static size_t
+cget(int e, unsigned char *out, int stale)
+{
+	struct dns_summary s;
+
+	return cache_get(e, out, stale, &s);
 }
 
 /* dns_parse_query, for a query the test knows to be good. */
@@ -676,7 +710,7 @@ test_question_equal(void)
 
 	/* the client's ID and spelling come back */
 	qi = qinfo(q, qlen);
-	alen = dns_answer_for_client(a, alen, q, &qi, 512);
+	alen = afc(a, alen, q, &qi, 512);
 	CHECK_EQ(alen, qlen + 2 * 16);
 	CHECK_EQ(get16(a), 0xBEEF);
 	CHECK(memcmp(a + 12, "\7ExAmPlE\4test", 13) == 0);
@@ -805,7 +839,7 @@ test_answer_for_client(void)
 	qi = qinfo(q, qlen);
 	memcpy(a, q, qlen);
 	alen = mkanswer(a, qlen, 3, 1);
-	len = dns_answer_for_client(a, alen, q, &qi, 0);
+	len = afc(a, alen, q, &qi, 0);
 	CHECK_EQ(len, alen - DNS_OPT_BYTES);
 	CHECK_EQ(get16(a + 10), 0);
 	CHECK_EQ(get16(a + 6), 3);
@@ -815,7 +849,7 @@ test_answer_for_client(void)
 	qi = qinfo(q, qlen);
 	memcpy(a, q, qend);
 	alen = mkanswer(a, qend, 3, 1);
-	len = dns_answer_for_client(a, alen, q, &qi, 1232);
+	len = afc(a, alen, q, &qi, 1232);
 	CHECK_EQ(len, alen);
 	CHECK_EQ(get16(a + 10), 1);
 	/* with the client's DO bit (RFC 3225 3), not the upstream's: the
@@ -826,7 +860,7 @@ test_answer_for_client(void)
 	memcpy(a, q, qend);
 	alen = mkanswer(a, qend, 3, 1);
 	a[alen - 4] = 0;
-	len = dns_answer_for_client(a, alen, q, &qi, 1232);
+	len = afc(a, alen, q, &qi, 1232);
 	CHECK_EQ(a[len - DNS_OPT_BYTES + 7] & 0x80, 0x80);
 
 	/* 40 records: 12 + 18 + 40 * 16 = 670 bytes > 512: TC, no records */
@@ -835,7 +869,7 @@ test_answer_for_client(void)
 	memcpy(a, q, qlen);
 	alen = mkanswer(a, qlen, 40, 0);
 	CHECK(alen > 512);
-	len = dns_answer_for_client(a, alen, q, &qi, 512);
+	len = afc(a, alen, q, &qi, 512);
 	CHECK_EQ(len, qlen);
 	CHECK(a[2] & DNS_FLAG_TC);
 	CHECK(get16(a + 6) == 0 && get16(a + 8) == 0 && get16(a + 10) == 0);
@@ -846,13 +880,13 @@ test_answer_for_client(void)
 	qi = qinfo(q, qlen);
 	memcpy(a, q, qend);
 	alen = mkanswer(a, qend, 40, 1);
-	len = dns_answer_for_client(a, alen, q, &qi, 1232);
+	len = afc(a, alen, q, &qi, 1232);
 	CHECK(len == alen && !(a[2] & DNS_FLAG_TC));
 	/* 100 records > 1232: TC, question and an OPT. The old test wanted
 	 * the upstream's DO bit in it; issue #9 wants the client's (0). */
 	memcpy(a, q, qend);
 	alen = mkanswer(a, qend, 100, 1);
-	len = dns_answer_for_client(a, alen, q, &qi, 1232);
+	len = afc(a, alen, q, &qi, 1232);
 	CHECK_EQ(len, qlen);
 	CHECK(a[2] & DNS_FLAG_TC);
 	CHECK_EQ(get16(a + 10), 1);
@@ -861,14 +895,14 @@ test_answer_for_client(void)
 	/* TCP (limit 0) never truncates */
 	memcpy(a, q, qend);
 	alen = mkanswer(a, qend, 100, 1);
-	len = dns_answer_for_client(a, alen, q, &qi, 0);
+	len = afc(a, alen, q, &qi, 0);
 	CHECK(len == alen && !(a[2] & DNS_FLAG_TC));
 	/* a malformed answer (record cut short) is refused */
 	qlen = mkquery(q, 9, "example.test", 1, 0, 0);
 	qi = qinfo(q, qlen);
 	memcpy(a, q, qlen);
 	alen = mkanswer(a, qlen, 2, 1);
-	CHECK_EQ(dns_answer_for_client(a, alen - 5, q, &qi, 512), 0);
+	CHECK_EQ(afc(a, alen - 5, q, &qi, 512), 0);
 
 	/* The answer section fits, 40 glue records (40 RRsets: ns0 A,
 	 * ns1 A, ...) do not: TC=0, the answer whole, as many additional
@@ -879,7 +913,7 @@ test_answer_for_client(void)
 		alen = add_rr(a, alen, DNS_SEC_AR, glue_owner(i), 7, 1, 1, 60,
 		    a_rdata(100 + i), 4);
 	memcpy(orig, a, alen);
-	len = dns_answer_for_client(a, alen, q, &qi, 512);
+	len = afc(a, alen, q, &qi, 512);
 	CHECK_EQ(len, qlen + 2 * 16 + 21 * 21);
 	CHECK(!(a[2] & DNS_FLAG_TC));
 	CHECK(get16(a + 6) == 2 && get16(a + 8) == 0);
@@ -898,7 +932,7 @@ test_answer_for_client(void)
 	    a_rdata(1), 4);
 	alen = add_rr(a, alen, DNS_SEC_AR, glue_owner(20), 7, 1, 1, 60,
 	    a_rdata(2), 4);
-	len = dns_answer_for_client(a, alen, q, &qi, 512);
+	len = afc(a, alen, q, &qi, 512);
 	CHECK_EQ(len, qlen + 2 * 16 + 20 * 21);
 	CHECK_EQ(get16(a + 10), 20);
 	CHECK(!(a[2] & DNS_FLAG_TC));
@@ -920,7 +954,7 @@ test_answer_for_client(void)
 		alen = add_rr(a, alen, DNS_SEC_AR, ptr, 2, 1, 1, 60,
 		    a_rdata(2), 4);
 	}
-	len = dns_answer_for_client(a, alen, q, &qi, 512);
+	len = afc(a, alen, q, &qi, 512);
 	CHECK_EQ(get16(a + 10), 20);
 	/* ... but another type at that name is another RRset */
 	memcpy(a, q, qlen);
@@ -932,7 +966,7 @@ test_answer_for_client(void)
 	    a_rdata(1), 4);
 	alen = add_rr(a, alen, DNS_SEC_AR, glue_owner(20), 7, 28, 1, 60,
 	    orig, 16);
-	len = dns_answer_for_client(a, alen, q, &qi, 512);
+	len = afc(a, alen, q, &qi, 512);
 	CHECK_EQ(len, qlen + 2 * 16 + 21 * 21);
 	CHECK_EQ(get16(a + 10), 21);
 	/* the same for an EDNS client at 512: 20 fit with the OPT, which
@@ -947,7 +981,7 @@ test_answer_for_client(void)
 		    a_rdata(100 + i), 4);
 	alen = add_opt(a, alen, 1232, 0, 0, 0, NULL, 0);
 	memcpy(orig, a, alen);
-	len = dns_answer_for_client(a, alen, q, &qi, 512);
+	len = afc(a, alen, q, &qi, 512);
 	CHECK_EQ(len, qend + 2 * 16 + 20 * 21 + DNS_OPT_BYTES);
 	CHECK(!(a[2] & DNS_FLAG_TC));
 	CHECK_EQ(get16(a + 10), 21);
@@ -964,7 +998,7 @@ test_answer_for_client(void)
 		    ns_rdata, sizeof ns_rdata);
 	alen = add_opt(a, alen, 1232, 0, 0, 0, NULL, 0);
 	CHECK(alen > 512);
-	len = dns_answer_for_client(a, alen, q, &qi, 512);
+	len = afc(a, alen, q, &qi, 512);
 	CHECK_EQ(len, qlen);
 	CHECK(a[2] & DNS_FLAG_TC);
 	CHECK(get16(a + 6) == 0 && get16(a + 8) == 0 && get16(a + 10) == 1);
@@ -981,7 +1015,7 @@ test_answer_for_client(void)
 		memcpy(a, q, qend);
 		alen = mkanswer(a, qend, 2, 0);
 		alen = add_opt(a, alen, 1232, 0, 0, 0, ede, sizeof ede);
-		len = dns_answer_for_client(a, alen, q, &qi, 512);
+		len = afc(a, alen, q, &qi, 512);
 		CHECK_EQ(len, qend + 2 * 16 + DNS_OPT_BYTES);
 		CHECK(!(a[2] & DNS_FLAG_TC) && get16(a + 6) == 2);
 		CHECK_EQ(get16(a + 10), 1);
@@ -995,7 +1029,7 @@ test_answer_for_client(void)
 			alen = add_rr(a, alen, DNS_SEC_NS, ptr_q, 2, 2, 1, 60,
 			    ns_rdata, sizeof ns_rdata);
 		alen = add_opt(a, alen, 1232, 0, 0, 0, ede, sizeof ede);
-		len = dns_answer_for_client(a, alen, q, &qi, 512);
+		len = afc(a, alen, q, &qi, 512);
 		CHECK_EQ(len, qlen);
 		CHECK(a[2] & DNS_FLAG_TC);
 		CHECK(get16(a + 10) == 1 && get16(a + len - 2) == 0);
@@ -1007,7 +1041,7 @@ test_answer_for_client(void)
 			alen = add_rr(a, alen, DNS_SEC_AR, glue_owner(i), 7, 1,
 			    1, 60, a_rdata(i), 4);
 		alen = add_opt(a, alen, 1232, 0, 0, 0, ede, 100);
-		len = dns_answer_for_client(a, alen, q, &qi, 512);
+		len = afc(a, alen, q, &qi, 512);
 		CHECK(len <= 512 && !(a[2] & DNS_FLAG_TC));
 		CHECK(get16(a + 6) == 2 && get16(a + len - 100 - 2) == 100);
 		CHECK_MEM(a + len - 100, ede, 100);
@@ -1018,7 +1052,7 @@ test_answer_for_client(void)
 	alen = add_rr(a, alen, DNS_SEC_AR, ptr_q, 2, 1, 1, 60, a_rdata(1), 4);
 	alen = add_opt(a, alen, 1232, 0, 0, 0x8000, NULL, 0);
 	memcpy(orig, a, alen);
-	len = dns_answer_for_client(a, alen, q, &qi, 512);
+	len = afc(a, alen, q, &qi, 512);
 	CHECK_EQ(len, alen);
 	CHECK_MEM(a + 4, orig + 4, alen - 4);
 
@@ -1033,12 +1067,12 @@ test_answer_for_client(void)
 			memcpy(a, q, qend);
 			alen = mkanswer(a, qend, 1, 1);
 			a[3] |= DNS_FLAG_AD;
-			len = dns_answer_for_client(a, alen, q, &qi, 0);
+			len = afc(a, alen, q, &qi, 0);
 			CHECK_EQ(!!(a[3] & DNS_FLAG_AD), ad || dob);
 			/* never set when the upstream did not */
 			memcpy(a, q, qend);
 			alen = mkanswer(a, qend, 1, 1);
-			len = dns_answer_for_client(a, alen, q, &qi, 0);
+			len = afc(a, alen, q, &qi, 0);
 			CHECK_EQ(a[3] & DNS_FLAG_AD, 0);
 		}
 	/* RD: the client's; CD: as the upstream answered */
@@ -1048,7 +1082,7 @@ test_answer_for_client(void)
 	alen = mkanswer(a, qlen, 1, 0);
 	a[2] |= DNS_FLAG_RD;
 	a[3] |= DNS_FLAG_CD;
-	len = dns_answer_for_client(a, alen, q, &qi, 0);
+	len = afc(a, alen, q, &qi, 0);
 	CHECK_EQ(a[2] & DNS_FLAG_RD, 0);
 	CHECK_EQ(a[3] & DNS_FLAG_CD, DNS_FLAG_CD);
 	qlen = mkclient(q, 5, "example.test", 1, 1, 0, 0, 0, 0, 0);
@@ -1056,7 +1090,7 @@ test_answer_for_client(void)
 	memcpy(a, q, qlen);
 	alen = mkanswer(a, qlen, 1, 0);
 	a[2] &= (unsigned char)~DNS_FLAG_RD;
-	len = dns_answer_for_client(a, alen, q, &qi, 0);
+	len = afc(a, alen, q, &qi, 0);
 	CHECK_EQ(a[2] & DNS_FLAG_RD, DNS_FLAG_RD);
 	(void)len;
 }
@@ -1095,7 +1129,7 @@ test_answer_path(void)
 			    sizeof opts);
 			len = prepare(a, alen, sizeof a, qend, 0, 86400, &ttl);
 			CHECK(len != 0);
-			len = dns_answer_for_client(a, len, q, &qi, 512);
+			len = afc(a, len, q, &qi, 512);
 			CHECK(dns_summarize(a, len, qend, &s) == 0);
 			CHECK_MEM(a + 12, q + 12, qend - 12);
 			CHECK_EQ(get16(a), 0x2222);
@@ -1124,7 +1158,7 @@ test_answer_path(void)
 	memcpy(a, q, qend);
 	alen = mkanswer(a, qend, 1, 0);
 	len = prepare(a, alen, sizeof a, qend, 0, 86400, &ttl);
-	len = dns_answer_for_client(a, len, q, &qi, 512);
+	len = afc(a, len, q, &qi, 512);
 	CHECK(dns_summarize(a, len, qend, &s) == 0 && s.opt_end == len &&
 	    s.opt_end != 0);
 	CHECK_EQ(get16(a + 10), 1);
@@ -2339,7 +2373,7 @@ cache_put_type(const char *name, uint16_t type, unsigned n, uint8_t key)
 	len = mkanswer(a, qlen, n, 1);
 	len = prepare(a, len, sizeof a, qlen, g.cache.min_ttl_s,
 	    g.cache.max_ttl_s, &ttl);
-	cache_store(a, len, qlen, key, ttl);
+	cstore(a, len, qlen, key, ttl);
 }
 
 static void
@@ -2388,20 +2422,20 @@ test_cache(void)
 	/* the hit counts TTLs down; stored answers carry an OPT (they are
 	 * prepared: the old entries had none when the answer had none) */
 	g.now_ms += 25 * 1000;
-	len = cache_get(e, out, 0);
+	len = cget(e, out, 0);
 	CHECK_EQ(len, 12 + 15 + 2 * 16 + DNS_OPT_BYTES);
 	CHECK_EQ(ttl_at(out, 12 + 15 + 6), 35);
 	/* expired: not fresh; kept for serve-stale, else gone */
 	g.now_ms += 40 * 1000;
-	CHECK(cache_get(e, out, 0) == 0);
+	CHECK(cget(e, out, 0) == 0);
 	CHECK(cache_lookup("a.example", key0) < 0);	/* stale_s == 0 */
 	cache_put("a.example", 2);
 	g.cache.stale_s = 100;
 	g.now_ms += 120 * 1000;
 	e = cache_lookup("a.example", key0);
 	CHECK(e >= 0);
-	CHECK(cache_get(e, out, 0) == 0);
-	len = cache_get(e, out, 1);
+	CHECK(cget(e, out, 0) == 0);
+	len = cget(e, out, 1);
 	CHECK(len != 0 && ttl_at(out, 12 + 15 + 6) == STALE_TTL_S);
 	g.now_ms += 60 * 1000;				/* past the window */
 	CHECK(cache_lookup("a.example", key0) < 0);
@@ -2434,7 +2468,7 @@ test_cache(void)
 	a[3] |= DNS_RCODE_SERVFAIL;
 	len = prepare(a, len, sizeof a, qlen, 0, 86400, &ttl);
 	CHECK_EQ(ttl, 0);
-	cache_store(a, len, qlen, key0, ttl);
+	cstore(a, len, qlen, key0, ttl);
 	CHECK(cache_lookup("s.example", key0) < 0);
 	/* a negative answer: the negative TTL, on the SOA too, counting
 	 * down */
@@ -2444,11 +2478,11 @@ test_cache(void)
 	a[3] |= DNS_RCODE_NXDOMAIN;
 	len = add_soa(a, len, 300, 20);
 	len = prepare(a, len, sizeof a, qlen, 0, 86400, &ttl);
-	cache_store(a, len, qlen, key0, ttl);
+	cstore(a, len, qlen, key0, ttl);
 	e = cache_lookup("nx.example", key0);
 	CHECK(e >= 0 && g.cache.entries[e].ttl_s == 20);
 	g.now_ms += 5 * 1000;
-	len = cache_get(e, out, 0);
+	len = cget(e, out, 0);
 	CHECK(len != 0 && ttl_at(out, qlen + 6) == 15);
 	/* the cached answer keeps the upstream's AD; each client sees it
 	 * as its own query asks */
@@ -2457,23 +2491,23 @@ test_cache(void)
 	len = mkanswer(a, qlen, 1, 1);
 	a[3] |= DNS_FLAG_AD;
 	len = prepare(a, len, sizeof a, qlen, 0, 86400, &ttl);
-	cache_store(a, len, qlen, key0, ttl);
+	cstore(a, len, qlen, key0, ttl);
 	e = cache_lookup("ad.example", key0);
-	len = cache_get(e, out, 0);
+	len = cget(e, out, 0);
 	CHECK(len != 0 && (out[3] & DNS_FLAG_AD));
 	qi = qinfo(q, qlen);
-	len = dns_answer_for_client(out, len, q, &qi, 512);
+	len = afc(out, len, q, &qi, 512);
 	CHECK(len != 0 && !(out[3] & DNS_FLAG_AD));
-	len = cache_get(e, out, 0);
+	len = cget(e, out, 0);
 	q[3] |= DNS_FLAG_AD;
 	qi = qinfo(q, qlen);
-	len = dns_answer_for_client(out, len, q, &qi, 512);
+	len = afc(out, len, q, &qi, 512);
 	CHECK(len != 0 && (out[3] & DNS_FLAG_AD));
 	/* multi-block answers come back whole */
 	cache_put("big.example", 100);
 	e = cache_lookup("big.example", key0);
 	CHECK(e >= 0);
-	len = cache_get(e, out, 0);
+	len = cget(e, out, 0);
 	CHECK(len == 12 + 17 + 100 * 16 + DNS_OPT_BYTES &&
 	    out[len - DNS_OPT_BYTES - 1] == 99);
 	/* LRU: fill the cache; the entry read last survives, the oldest
@@ -2486,7 +2520,7 @@ test_cache(void)
 		if (i % 50 == 0) {
 			e = cache_lookup("keep.example", key0);
 			if (e >= 0)
-				cache_get(e, out, 0);
+				cget(e, out, 0);
 		}
 		snprintf(name, sizeof name, "n%zu.example", i);
 		cache_put(name, 1);
@@ -2744,53 +2778,53 @@ test_trust(void)
 	CHECK(trust_validation_time(0, 0, &behind) == 0 && !behind);
 
 	/* --allow ranges */
-	CHECK(trust_parse_range("192.168.0.0/16", &r) == 0 && r.prefix == 16);
-	CHECK(trust_in_range(&r, AF_INET, (const unsigned char *)"\300\250\1\2"));
-	CHECK(!trust_in_range(&r, AF_INET, (const unsigned char *)"\300\251\1\2"));
-	CHECK(trust_parse_range("172.16.0.0/12", &r) == 0);
-	CHECK(trust_in_range(&r, AF_INET, (const unsigned char *)"\254\37\1\1"));
-	CHECK(!trust_in_range(&r, AF_INET, (const unsigned char *)"\254\40\1\1"));
-	CHECK(trust_parse_range("10.1.2.3", &r) == 0 && r.prefix == 32);
-	CHECK(trust_parse_range("::/0", &r) == 0 && r.prefix == 0);
-	CHECK(trust_in_range(&r, AF_INET6, (const unsigned char *)
+	CHECK(acl_parse_range("192.168.0.0/16", &r) == 0 && r.prefix == 16);
+	CHECK(acl_in_range(&r, AF_INET, (const unsigned char *)"\300\250\1\2"));
+	CHECK(!acl_in_range(&r, AF_INET, (const unsigned char *)"\300\251\1\2"));
+	CHECK(acl_parse_range("172.16.0.0/12", &r) == 0);
+	CHECK(acl_in_range(&r, AF_INET, (const unsigned char *)"\254\37\1\1"));
+	CHECK(!acl_in_range(&r, AF_INET, (const unsigned char *)"\254\40\1\1"));
+	CHECK(acl_parse_range("10.1.2.3", &r) == 0 && r.prefix == 32);
+	CHECK(acl_parse_range("::/0", &r) == 0 && r.prefix == 0);
+	CHECK(acl_in_range(&r, AF_INET6, (const unsigned char *)
 	    "\40\1\15\270\0\0\0\0\0\0\0\0\0\0\0\1"));
-	CHECK(!trust_in_range(&r, AF_INET, (const unsigned char *)"\1\2\3\4"));
-	CHECK(trust_parse_range("10.0.0.0/33", &r) < 0);
-	CHECK(trust_parse_range("fe80::/129", &r) < 0);
-	CHECK(trust_parse_range("10.0.0.0/", &r) < 0);
-	CHECK(trust_parse_range("example/8", &r) < 0);
+	CHECK(!acl_in_range(&r, AF_INET, (const unsigned char *)"\1\2\3\4"));
+	CHECK(acl_parse_range("10.0.0.0/33", &r) < 0);
+	CHECK(acl_parse_range("fe80::/129", &r) < 0);
+	CHECK(acl_parse_range("10.0.0.0/", &r) < 0);
+	CHECK(acl_parse_range("example/8", &r) < 0);
 	{
 		union sockaddr_u a;
 		socklen_t len;
 		size_t i;
 
 		g.n_allow = 0;
-		for (i = 0; i < sizeof trust_default_allow /
-		    sizeof trust_default_allow[0]; i++)
-			CHECK(trust_parse_range(trust_default_allow[i],
+		for (i = 0; i < sizeof acl_default_ranges /
+		    sizeof acl_default_ranges[0]; i++)
+			CHECK(acl_parse_range(acl_default_ranges[i],
 			    &g.allow[g.n_allow++]) == 0);
 		CHECK(config_parse_addr("127.0.0.1", 53, &a, &len) == 0 &&
-		    trust_allowed(&a));
+		    acl_allowed(&a));
 		CHECK(config_parse_addr("192.168.1.7", 53, &a, &len) == 0 &&
-		    trust_allowed(&a));
+		    acl_allowed(&a));
 		/* not by default any more: behind a carrier-grade NAT,
 		 * 100.64.0.0/10 is the ISP's other customers */
 		CHECK(config_parse_addr("100.100.1.1", 53, &a, &len) == 0 &&
-		    !trust_allowed(&a));
+		    !acl_allowed(&a));
 		CHECK(config_parse_addr("169.254.3.4", 53, &a, &len) == 0 &&
-		    trust_allowed(&a));
+		    acl_allowed(&a));
 		CHECK(config_parse_addr("8.8.8.8", 53, &a, &len) == 0 &&
-		    !trust_allowed(&a));
+		    !acl_allowed(&a));
 		CHECK(config_parse_addr("::1", 53, &a, &len) == 0 &&
-		    trust_allowed(&a));
+		    acl_allowed(&a));
 		CHECK(config_parse_addr("fd12::5", 53, &a, &len) == 0 &&
-		    trust_allowed(&a));
+		    acl_allowed(&a));
 		CHECK(config_parse_addr("2001:db8::1", 53, &a, &len) == 0 &&
-		    !trust_allowed(&a));
+		    !acl_allowed(&a));
 		CHECK(config_parse_addr("::ffff:10.1.1.1", 53, &a, &len) == 0 &&
-		    trust_allowed(&a));
+		    acl_allowed(&a));
 		CHECK(config_parse_addr("::ffff:1.1.1.1", 53, &a, &len) == 0 &&
-		    !trust_allowed(&a));
+		    !acl_allowed(&a));
 		g.n_allow = 0;
 	}
 	{

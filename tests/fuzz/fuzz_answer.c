@@ -255,7 +255,7 @@ direct(const uint8_t *data, size_t size)
 	static const uint32_t mins[2] = { 0, 60 };
 	static const uint32_t maxs[4] = { 86400, 60, DNS_TTL_MAX, 3600 };
 	struct dns_query_info qi;
-	struct dns_summary s, s2;
+	struct dns_summary s, s2, ps, ps2;
 	unsigned char *m, *m2, *q;
 	size_t qe, len, len2, n, i, limit, qlen_c;
 	uint32_t ttl, ttl2, min, max;
@@ -293,7 +293,7 @@ direct(const uint8_t *data, size_t size)
 	memcpy(m, data, size);
 	had_opt = dns_summarize(data, size, qe, &s) == 0 && s.opt_end != 0;
 	len = dns_prepare_answer(m, size, size + DNS_OPT_BYTES, qe, min, max,
-	    &ttl);
+	    &ttl, &ps);
 	if (len == 0) {
 		FUZZ_ASSERT(ttl == 0);
 		goto no_room;
@@ -357,15 +357,19 @@ direct(const uint8_t *data, size_t size)
 	m2 = fuzz_alloc(len + DNS_OPT_BYTES);
 	memcpy(m2, m, len);
 	len2 = dns_prepare_answer(m2, len, len + DNS_OPT_BYTES, qe, min, max,
-	    &ttl2);
+	    &ttl2, &ps2);
 	FUZZ_ASSERT(len2 == len && ttl2 == ttl);
+	/* the summary it gives is the message's, as dns_summarize finds */
+	FUZZ_ASSERT(dns_summarize(m2, len2, qe, &s) == 0);
+	FUZZ_ASSERT(s.opt_start == ps.opt_start && s.opt_end == ps.opt_end &&
+	    s.ns_end == ps.ns_end && s.end == len);
 	FUZZ_ASSERT(memcmp(m2, m, len) == 0);
 	free(m2);
 	/* to the client: over TCP, and over UDP at its limit */
 	for (i = 0; i < 2; i++) {
 		limit = i == 0 ? 0 : qi.udp_limit;
 		m2 = fuzz_dup(m, len);
-		n = dns_answer_for_client(m2, len, q, &qi, limit);
+		n = dns_answer_for_client(m2, len, q, &qi, limit, &ps);
 		FUZZ_ASSERT(n != 0);
 		FUZZ_ASSERT(n <= len);
 		fuzz_check_client_answer(m2, n, q, &qi, limit, 1, 1);
@@ -375,11 +379,12 @@ direct(const uint8_t *data, size_t size)
 no_room:
 	/* dns_prepare_answer without room for an OPT: never longer */
 	m2 = fuzz_dup(data, size);
-	len2 = dns_prepare_answer(m2, size, size, qe, min, max, &ttl2);
+	len2 = dns_prepare_answer(m2, size, size, qe, min, max, &ttl2, &ps2);
 	FUZZ_ASSERT(len2 <= size);
 	FUZZ_ASSERT(len2 == 0 || len != 0);
 	if (len2 != 0) {
-		n = dns_answer_for_client(m2, len2, q, &qi, qi.udp_limit);
+		n = dns_answer_for_client(m2, len2, q, &qi, qi.udp_limit,
+		    &ps2);
 		FUZZ_ASSERT(n != 0 && n <= len2);
 		fuzz_check_client_answer(m2, n, q, &qi, qi.udp_limit, 0, 1);
 	}
@@ -490,7 +495,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	c->peer.sin.sin_family = AF_INET;
 	c->peer.sin.sin_addr.s_addr = htonl(0x7F000001);
 	c->fd = sv[0];
-	c->state = CLIENT_READ_LEN;
+	c->state = CLIENT_OPEN;
 	c->inflight = 0;
 	c->in_len = 0;
 	c->out_off = c->out_len = 0;
@@ -533,7 +538,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * (no upstream left). */
 	g.n_upstreams = 0;
 	g.n_allow = 1;
-	trust_parse_range("127.0.0.0/8", &g.allow[0]);
+	acl_parse_range("127.0.0.0/8", &g.allow[0]);
 	for (k = 0; k < NQ; k++) {
 		struct origin from;
 

@@ -2,7 +2,7 @@
  * libFuzzer harness: the command-line specs, each parser on the input as
  * a NUL-terminated string: config_parse_upstream (IP@PORT#NAME^pins),
  * config_parse_addr, config_parse_zone, config_parse_size,
- * trust_parse_range, trust_parse_pin, config_parse_user,
+ * acl_parse_range, trust_parse_pin, config_parse_user,
  * config_domain_to_wire and config_valid_hostname; and util_parse_uint,
  * under every numeric option, against a reference that cannot overflow
  * (issue #9: 4294967296 is no uid 0, on 32-bit targets either).
@@ -80,7 +80,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if (config_parse_size(s, &n) == 0)
 		FUZZ_ASSERT(n <= 1024UL * 1024 * 1024);
-	if (trust_parse_range(s, &r) == 0)
+	if (acl_parse_range(s, &r) == 0)
 		FUZZ_ASSERT(r.prefix <= (r.family == AF_INET ? 32u : 128u));
 	(void)trust_parse_pin(s, pin);
 	if (config_parse_user(s, &uid, &gid) == 0)

@@ -37,7 +37,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	pending_init();
 	cache_init(64 * 1024);
 	client_init();
-	config_default_allow();
+	acl_add_defaults();
 	g.n_upstreams = 0;	/* every query: SERVFAIL, no network */
 	return 0;
 }
@@ -183,7 +183,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	c->peer.sin.sin_addr.s_addr = htonl(seed & 1 ? 0x08080808 :
 	    0x7F000001);
 	c->fd = sv[0];
-	c->state = CLIENT_READ_LEN;
+	c->state = CLIENT_OPEN;
 	c->inflight = 0;
 	c->in_len = 0;
 	c->out_off = c->out_len = 0;
