@@ -273,6 +273,10 @@ ver() {
 	echo "ceiling_args=$ceiling_args"
 } > "$work/meta"
 sh "$here/report.sh" "$work/meta" "$res" "$servers" > "$work/RESULTS.md" || die "report.sh failed"
+# Keep the section the chaos run wrote (make chaos, tests/chaos/report.py), if there is one.
+if [ -f "$results" ] && grep -q '^<!-- chaos: begin' "$results"; then
+	{ echo; sed -n '/^<!-- chaos: begin/,/^<!-- chaos: end -->/p' "$results"; } >> "$work/RESULTS.md"
+fi
 cp "$work/RESULTS.md" "$results"
 cat "$work/RESULTS.md"
 say "written: $results"

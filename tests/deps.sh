@@ -16,6 +16,8 @@
 #          and make test-asan, and valgrind (tests/test_valgrind.py).
 #   cross: (make cross, make test-cross) build's, plus Debian's cross compilers for aarch64,
 #          armhf, mips and mipsel, dpkg-dev (musl's source), qemu-user-static.
+#   chaos: (make chaos) Knot Resolver (knot-resolver), to run side by side with dotproxy and
+#          unbound; its service is kept from starting, as unbound's.
 #   initramfs: (make test-initramfs) a static busybox (busybox-static), qemu-system-x86_64
 #          (qemu-system-x86) and a Debian kernel with its modules (linux-image-cloud-amd64,
 #          unless /boot already has a vmlinuz whose /lib/modules tree exists).
@@ -23,9 +25,9 @@ set -eu
 
 mode=${1:-build}
 case $mode in
-build | test | cross | initramfs) ;;
+build | test | cross | initramfs | chaos) ;;
 *)
-	echo "usage: $0 build|test|cross|initramfs" >&2
+	echo "usage: $0 build|test|cross|initramfs|chaos" >&2
 	exit 2
 	;;
 esac
@@ -87,6 +89,9 @@ check() {
 		need dpkg-dev have dpkg-source
 		need qemu-user-static have qemu-mips-static
 	fi
+	if [ "$mode" = chaos ]; then
+		need knot-resolver have kresd
+	fi
 	if [ "$mode" = initramfs ]; then
 		need busybox-static busybox_static
 		need qemu-system-x86 have qemu-system-x86_64
@@ -133,7 +138,7 @@ export DEBIAN_FRONTEND=noninteractive
 # starts from maintainer scripts; one the machine already has is left alone.
 policy=
 case " $missing " in
-*" unbound "*)
+*" unbound "* | *" knot-resolver "*)
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		policy=/usr/sbin/policy-rc.d
 		printf '#!/bin/sh\n# temporary, from dotproxy tests/deps.sh\nexit 101\n' >"$policy"
@@ -147,13 +152,18 @@ apt-get update -qq
 # shellcheck disable=SC2086 # $missing is a space-separated list of package names
 apt-get install -y -qq --no-install-recommends $missing </dev/null
 
-case " $missing " in
-*" unbound "*)
-	if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+	case " $missing " in
+	*" unbound "*)
 		systemctl disable --now unbound.service unbound-resolvconf.service >/dev/null 2>&1 || true
-	fi
-	;;
-esac
+		;;
+	esac
+	case " $missing " in
+	*" knot-resolver "*)
+		systemctl disable --now kresd@1.service >/dev/null 2>&1 || true
+		;;
+	esac
+fi
 if [ -n "$policy" ]; then
 	rm -f "$policy"
 	trap - EXIT
