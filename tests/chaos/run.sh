@@ -65,13 +65,14 @@ done
 # ---------------------------------------------------------------------------- clean-up
 work=$(mktemp -d "${TMPDIR:-/tmp}/dotproxy-chaos.XXXXXX")
 pids=""
+# shellcheck disable=SC2317 # called through the trap below
 cleanup() {
 	st=$?
 	trap - EXIT INT TERM HUP
 	for p in $pids; do kill "$p" 2>/dev/null || :; done
 	for p in $pids; do
 		i=0
-		while kill -0 "$p" 2>/dev/null && [ $i -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
+		while kill -0 "$p" 2>/dev/null && [ "$i" -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
 		kill -9 "$p" 2>/dev/null || :
 	done
 	if [ "${CHAOS_KEEP:-0}" = 1 ]; then say "work directory kept: $work"; else rm -rf "$work"; fi
@@ -97,7 +98,7 @@ for s in $want_servers; do
 	esac
 done
 [ -n "$configs" ] || die "nothing to run"
-ncfg=$(echo $configs | wc -w)
+ncfg=$(echo "$configs" | wc -w)
 
 # ---------------------------------------------------------------------------- ports
 # A block of 1 + 3 per configuration consecutive ports, none in use (TCP or UDP, any state):
