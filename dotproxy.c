@@ -163,9 +163,15 @@
 #define HANDSHAKE_TIMEOUT_MS	5000	/* TCP connect + TLS handshake */
 #define UPSTREAM_IDLE_MS	9000	/* below Cloudflare's 10 s (stubby#183);
 					 * --idle-timeout */
-#define STALL_MIN_MS		1000	/* silent for max(this, timeout / 2) with
-					 * queries in flight: suspect (ask another
-					 * upstream too), not yet dropped */
+#define STALL_FLOOR_MS		200	/* silent for its usual round trip and
+					 * four deviations (at least this, at most
+					 * STALL_CEIL_MS or timeout / 2) with queries
+					 * in flight: suspect (ask another upstream
+					 * too), not yet dropped */
+#define STALL_CEIL_MS		1000
+#define BACKOFF_ALONE_MS	250	/* the back-off when no other upstream is
+					 * usable: clients get SERVFAIL meanwhile,
+					 * so come back quickly */
 #define USER_TIMEOUT_MIN_MS	1000	/* TCP_USER_TIMEOUT: --timeout, at least
 					 * this (a half-open path is found by the
 					 * kernel, from unacknowledged data) */
@@ -238,6 +244,7 @@ enum route_kind {
 enum origin_kind {
 	ORIGIN_UDP,
 	ORIGIN_TCP,
+	ORIGIN_PROBE,			/* dotproxy's own: nobody to answer */
 };
 
 /*
@@ -313,9 +320,11 @@ struct upstream {
 	int64_t answer_ms;		/* last answer to an ID we sent: the
 					 * connection lives */
 	int64_t unanswered_ms;		/* first send since answer_ms; 0: none */
-	int suspect;			/* silent for STALL: new queries go
-					 * elsewhere, queries in flight are
-					 * asked elsewhere too (twins) */
+	int suspect;			/* silent for upstream_stall_ms(): new
+					 * queries go elsewhere, queries in
+					 * flight are asked elsewhere too */
+	int64_t srtt_ms, rttvar_ms;	/* its answers' round trips (RFC 6298) */
+	int64_t probe_ms;		/* last probe while failing */
 	unsigned backoff_ms;
 	int queue_head, queue_tail;	/* FIFO of QUEUED pending slots */
 	size_t inflight;		/* SENT slots on this connection */
@@ -2880,6 +2889,7 @@ cache_store(const unsigned char *m, size_t len, size_t qend, uint8_t key,
 static void query_deliver(int slot, const unsigned char *answer, size_t len);
 static void query_fail(int slot, int rcode);
 static void query_hedge(int slot);
+static void query_probe(struct upstream *u);
 static void query_receive(const unsigned char *msg, size_t len,
     const struct origin *from);
 static void query_receive_oversized(const unsigned char *msg, size_t len,
@@ -3370,6 +3380,19 @@ upstream_tls_init(struct upstream *u)
 	idmap_reset(&u->ids);
 }
 
+/* Returns 1 if an upstream other than u may be used now. */
+static int
+upstream_other_usable(const struct upstream *u)
+{
+	size_t i;
+
+	for (i = 0; i < g.n_upstreams; i++)
+		if (&g.upstreams[i] != u &&
+		    g.upstreams[i].state != UPSTREAM_BACKOFF)
+			return 1;
+	return 0;
+}
+
 /* The only writer of u->state: logs the change and arms deadlines. */
 static void
 upstream_set_state(struct upstream *u, enum upstream_state st)
@@ -3387,7 +3410,8 @@ upstream_set_state(struct upstream *u, enum upstream_state st)
 		u->idle_since_ms = g.now_ms;	/* backoff: see first answer */
 		break;
 	case UPSTREAM_BACKOFF:
-		u->retry_at_ms = g.now_ms + u->backoff_ms;
+		u->retry_at_ms = g.now_ms + (u->backoff_ms > BACKOFF_ALONE_MS &&
+		    !upstream_other_usable(u) ? BACKOFF_ALONE_MS : u->backoff_ms);
 		u->backoff_ms = u->backoff_ms * 2 > g.max_backoff_ms ?
 		    g.max_backoff_ms : u->backoff_ms * 2;
 		break;
@@ -3415,31 +3439,23 @@ upstream_retry_now(struct upstream *u)
 static int
 upstream_pick(void)
 {
-	int i, any = -1;
+	int i, best = -1, rank = 3;
 
-	for (i = 0; i < (int)g.n_upstreams; i++) {
-		if (g.upstreams[i].state == UPSTREAM_BACKOFF)
-			continue;
-		if (!g.upstreams[i].suspect)
-			return i;
-		if (any < 0)
-			any = i;	/* all suspect: the preferred one */
+	for (i = 0; i < (int)g.n_upstreams && rank > 0; i++) {
+		const struct upstream *u = &g.upstreams[i];
+		/* Healthy first; then one that failed lately (its back-off
+		 * over, but not proven again: upstream_probe); then a
+		 * suspect one. In preference order within each. */
+		int r = u->suspect ? 2 : u->failing ? 1 : 0;
+
+		if (u->state != UPSTREAM_BACKOFF && r < rank) {
+			best = i;
+			rank = r;
+		}
 	}
-	return any;
+	return best;
 }
 
-/* Returns 1 if an upstream other than u may be used now. */
-static int
-upstream_other_usable(const struct upstream *u)
-{
-	size_t i;
-
-	for (i = 0; i < g.n_upstreams; i++)
-		if (&g.upstreams[i] != u &&
-		    g.upstreams[i].state != UPSTREAM_BACKOFF)
-			return 1;
-	return 0;
-}
 
 static int upstream_connect(struct upstream *u);
 
@@ -3560,7 +3576,10 @@ upstream_migrate_queue(struct upstream *u)
 		if (u->queue_head < 0)
 			u->queue_tail = -1;
 		to = upstream_pick();
-		if (to >= 0) {
+		if (g.pending[slot].from.kind == ORIGIN_PROBE) {
+			g.pending[slot].route = ROUTE_NONE;	/* it probed u */
+			query_fail(slot, DNS_RCODE_SERVFAIL);
+		} else if (to >= 0) {
 			upstream_enqueue(&g.upstreams[to], slot);
 		} else {
 			upstream_none_usable();
@@ -3788,13 +3807,41 @@ upstream_lost(struct upstream *u, const char *what)
 	upstream_reconnect(u, "lost connection closed", 1);
 }
 
-/* Milliseconds of silence with queries in flight after which an upstream
- * is suspect: half the query timeout, at least STALL_MIN_MS. */
+/*
+ * Milliseconds of silence with queries in flight after which an upstream
+ * is suspect: its smoothed round trip plus four deviations (RFC 6298's
+ * rule, from its own answers), at least STALL_FLOOR_MS, at most the
+ * larger of STALL_CEIL_MS and half the query timeout (and that until it
+ * has answered once).
+ */
 static int64_t
-upstream_stall_ms(void)
+upstream_stall_ms(const struct upstream *u)
 {
-	return g.query_timeout_ms / 2 > STALL_MIN_MS ?
-	    g.query_timeout_ms / 2 : STALL_MIN_MS;
+	int64_t ceil = g.query_timeout_ms / 2 > STALL_CEIL_MS ?
+	    g.query_timeout_ms / 2 : STALL_CEIL_MS;
+	int64_t d = u->srtt_ms + 4 * u->rttvar_ms;
+
+	if (u->srtt_ms == 0 && u->rttvar_ms == 0)
+		return ceil;
+	return d < STALL_FLOOR_MS ? STALL_FLOOR_MS : d > ceil ? ceil : d;
+}
+
+/* A round trip of an answered query, into the smoothed round trip and
+ * its mean deviation (RFC 6298 2, gains 1/8 and 1/4). */
+static void
+upstream_rtt(struct upstream *u, int64_t sample)
+{
+	int64_t dev;
+
+	sample = sample > 0 ? sample : 1;
+	if (u->srtt_ms == 0 && u->rttvar_ms == 0) {
+		u->srtt_ms = sample;
+		u->rttvar_ms = sample / 2;
+		return;
+	}
+	dev = u->srtt_ms > sample ? u->srtt_ms - sample : sample - u->srtt_ms;
+	u->rttvar_ms = (3 * u->rttvar_ms + dev) / 4;
+	u->srtt_ms = (7 * u->srtt_ms + sample) / 8;
 }
 
 /*
@@ -3835,12 +3882,14 @@ upstream_silent(struct upstream *u)
 	upstream_lost(u, what);
 }
 
-/* A query sent at sent_ms on u timed out: if u has answered nothing since,
- * its connection is silent (upstream_silent). */
+/* A query sent at sent_ms on u timed out: if u has answered nothing since
+ * (and the query had its fair wait there: it may have come from another
+ * upstream just before its deadline), the connection is silent. */
 static void
 upstream_expired(struct upstream *u, int64_t sent_ms)
 {
-	if (u->state == UPSTREAM_READY && u->answer_ms < sent_ms && !g.draining)
+	if (u->state == UPSTREAM_READY && u->answer_ms < sent_ms &&
+	    g.now_ms - sent_ms >= upstream_stall_ms(u) && !g.draining)
 		upstream_silent(u);
 }
 
@@ -3946,6 +3995,7 @@ upstream_on_answer(struct upstream *u, unsigned char *m, size_t len)
 		return 0;
 	}
 	upstream_alive(u);
+	upstream_rtt(u, g.now_ms - p->sent_ms);
 	if (!u->answered)
 		upstream_on_first_answer(u);
 	query_deliver(slot, m, len);
@@ -4229,7 +4279,7 @@ upstream_timers(struct upstream *u)
 			break;
 		}
 		if (!u->suspect && u->unanswered_ms != 0 && u->inflight > 0 &&
-		    g.now_ms - u->unanswered_ms >= upstream_stall_ms())
+		    g.now_ms - u->unanswered_ms >= upstream_stall_ms(u))
 			upstream_suspect(u);
 		/* Half the IDs used (an ID is never used twice on a
 		 * connection), and the last answer in: a new connection, the
@@ -4253,6 +4303,11 @@ upstream_timers(struct upstream *u)
 			upstream_set_state(u, UPSTREAM_DISCONNECTED);
 		break;
 	case UPSTREAM_DISCONNECTED:
+		/* Back-off over, but queries go to a healthy one: a probe
+		 * of our own shows when this one works again. */
+		if (u->failing && upstream_pick() != (int)upstream_index(u) &&
+		    !g.draining)
+			query_probe(u);
 		break;
 	}
 }
@@ -4271,7 +4326,7 @@ upstream_next_deadline(const struct upstream *u)
 			return u->unanswered_ms + g.query_timeout_ms;
 		if (u->inflight > 0)	/* then the queries' own deadlines */
 			return u->unanswered_ms == 0 ? INT64_MAX :
-			    u->unanswered_ms + upstream_stall_ms();
+			    u->unanswered_ms + upstream_stall_ms(u);
 		if (u->ids.n_used >= ID_MAX_USED)
 			return g.now_ms;
 		if (u->queue_head < 0)
@@ -4899,7 +4954,7 @@ query_send(const struct origin *to, const unsigned char *msg, size_t len)
 {
 	if (to->kind == ORIGIN_UDP)
 		udp_send(to, msg, len);
-	else
+	else if (to->kind == ORIGIN_TCP)
 		client_answer(to->slot, to->gen, msg, len);
 }
 
@@ -5050,7 +5105,7 @@ query_fail(int slot, int rcode)
 		return;
 	}
 	len = dns_make_error(out, p->query, &p->qi, rcode);
-	if (rcode == DNS_RCODE_SERVFAIL)
+	if (rcode == DNS_RCODE_SERVFAIL && p->from.kind != ORIGIN_PROBE)
 		g.n_servfail++;
 	query_send(&p->from, out, len);
 	pending_free(slot);
@@ -5104,6 +5159,36 @@ query_hedge(int slot)
 	p->twin = (int16_t)ts;
 	g.n_hedged++;
 	upstream_enqueue(&g.upstreams[up], ts);
+}
+
+/*
+ * A probe of a failed upstream whose back-off is over while a healthy one
+ * takes the queries (upstream_timers): ". NS", which any resolver answers
+ * from its cache, sent as a client's query would be. Its answer goes to
+ * nobody; that it comes makes the upstream healthy again
+ * (upstream_on_first_answer), its failure backs it off again.
+ */
+static void
+query_probe(struct upstream *u)
+{
+	static const unsigned char root_ns[] = {
+		0, 0, DNS_FLAG_RD, 0, 0, 1, 0, 0, 0, 0, 0, 0,	/* header */
+		0, 0, 2, 0, 1,				/* . NS IN */
+	};
+	struct pending_query *p;
+	int slot = pending_alloc();
+
+	if (slot < 0)
+		return;
+	p = &g.pending[slot];
+	memset(&p->from, 0, sizeof p->from);
+	p->from.kind = ORIGIN_PROBE;
+	(void)dns_parse_query(root_ns, sizeof root_ns, &p->qi);
+	p->cache_key = cache_key(&p->qi, 0);
+	p->qlen = (uint16_t)dns_build_query(p->query, root_ns, &p->qi,
+	    g.pad_block);
+	log_debug("upstream %s: probing", u->label);
+	upstream_enqueue(u, slot);
 }
 
 /* Answers a query from the cache if a fresh entry is there: no slot, no
