@@ -3509,13 +3509,12 @@ upstream_detach(int slot)
 
 /*
  * Closes the socket and puts every query that was in flight on it back
- * at the head of the queue (a new connection gives it a new ID). When
- * the connection failed (counted), a query that has used its
- * MAX_ATTEMPTS gets SERVFAIL; when the server merely closed it (RFC
- * 7766 6.2.3: a server may close any time), the send does not count.
+ * at the head of the queue (a new connection gives it a new ID); a query
+ * that has used its MAX_ATTEMPTS sends gets SERVFAIL instead (a query
+ * that makes servers close would otherwise be sent without end).
  */
 static void
-upstream_teardown(struct upstream *u, int counted)
+upstream_teardown(struct upstream *u)
 {
 	int slots[MAX_PENDING];
 	size_t i, n = 0;
@@ -3538,9 +3537,7 @@ upstream_teardown(struct upstream *u, int counted)
 		int slot = slots[--n];
 		struct pending_query *p = &g.pending[slot];
 
-		if (!counted)
-			p->attempts--;
-		else if (p->attempts >= MAX_ATTEMPTS) {
+		if (p->attempts >= MAX_ATTEMPTS) {
 			p->route = ROUTE_NONE;	/* detached just above */
 			query_fail(slot, DNS_RCODE_SERVFAIL);
 			continue;
@@ -3660,7 +3657,7 @@ upstream_fail(struct upstream *u, const char *what)
 	util_fmt(u->why, sizeof u->why, "%s", what);
 	u->n_failures++;
 	upstream_forget_session(u);
-	upstream_teardown(u, 1);
+	upstream_teardown(u);
 	upstream_set_state(u, UPSTREAM_BACKOFF);
 	upstream_migrate_queue(u);
 }
@@ -3675,22 +3672,17 @@ upstream_fail_errno(struct upstream *u, const char *what, int err)
 }
 
 /* A connection closed on purpose (by the server, or by us when idle),
- * or lost (counted): not a failure of the upstream. Reconnects at once
- * if queries are waiting; those in flight are sent again. */
-static void
-upstream_reconnect(struct upstream *u, const char *why, int counted)
-{
-	log_debug("upstream %s: %s", u->label, why);
-	upstream_teardown(u, counted);
-	upstream_set_state(u, UPSTREAM_DISCONNECTED);
-	if (u->queue_head >= 0)
-		upstream_connect(u);
-}
-
+ * or lost: not a failure of the upstream (no back-off, no failover).
+ * Reconnects at once if queries are waiting; those in flight are sent
+ * again. */
 static void
 upstream_closed(struct upstream *u, const char *why)
 {
-	upstream_reconnect(u, why, 0);
+	log_debug("upstream %s: %s", u->label, why);
+	upstream_teardown(u);
+	upstream_set_state(u, UPSTREAM_DISCONNECTED);
+	if (u->queue_head >= 0)
+		upstream_connect(u);
 }
 
 /*
@@ -3703,8 +3695,6 @@ upstream_connect(struct upstream *u)
 {
 	unsigned char seed[32];
 	int fd, one = 1;
-	unsigned user_timeout = g.query_timeout_ms > USER_TIMEOUT_MIN_MS ?
-	    g.query_timeout_ms : USER_TIMEOUT_MIN_MS;
 
 	if (util_random(seed, sizeof seed) < 0) {
 		upstream_fail_errno(u, "getrandom failed", errno);
@@ -3740,8 +3730,6 @@ upstream_connect(struct upstream *u)
 	 * server does not acknowledge within --timeout ends the connection
 	 * (ETIMEDOUT): the evidence of a half-open path. */
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout,
-	    sizeof user_timeout);
 	u->fd = fd;
 	u->rlen = 0;
 	u->in_off = u->in_len = 0;
@@ -3786,25 +3774,30 @@ upstream_server_closed(struct upstream *u)
 }
 
 /*
- * Evidence that the connection is dead while the server may be fine: the
- * kernel gave up on unacknowledged data (TCP_USER_TIMEOUT: a half-open
- * connection after a WAN address change), or no answer came for a whole
- * --timeout while queries were in flight. With another upstream usable,
- * this one is marked down and its queries go there; alone, it connects
- * again. Logged once per episode.
+ * Evidence that a connection is dead: the kernel gave up on
+ * unacknowledged data (TCP_USER_TIMEOUT: a half-open path after a WAN
+ * change), or nothing answered for a whole --timeout with a query in
+ * flight. The one place that decides what follows. A connection that
+ * never answered has failed, when another upstream can take its queries
+ * (back-off, failover). One that answered before may only have met a
+ * question its resolver cannot answer (any client can ask one, at will),
+ * and a lone upstream has nowhere to send its queries: the connection is
+ * made again, with no back-off and no failover; if the new one stays
+ * silent too, that tells.
  */
 static void
 upstream_lost(struct upstream *u, const char *what)
 {
-	if (upstream_other_usable(u)) {
+	if (!u->answered && upstream_other_usable(u)) {
 		upstream_fail(u, what);
 		return;
 	}
-	if (!u->failing)
+	if (!u->answered && !u->failing) {
 		log_warn("upstream %s: %s: connecting again", u->label, what);
-	u->failing = 1;
-	util_fmt(u->why, sizeof u->why, "%s", what);
-	upstream_reconnect(u, "lost connection closed", 1);
+		u->failing = 1;
+		util_fmt(u->why, sizeof u->why, "%s", what);
+	}
+	upstream_closed(u, "lost connection closed");
 }
 
 /*
@@ -3865,6 +3858,8 @@ upstream_suspect(struct upstream *u)
 	for (i = 0; i < ID_MAP_SLOTS; i++)
 		if (u->ids.slot[i] >= 0)
 			query_hedge(u->ids.slot[i]);
+	if (upstream_pick() != (int)upstream_index(u))
+		upstream_migrate_queue(u);	/* not yet sent: go now */
 }
 
 /*
@@ -3899,11 +3894,18 @@ upstream_expired(struct upstream *u, int64_t sent_ms)
 static void
 upstream_io_error(struct upstream *u, const char *what, int err)
 {
-	if (u->state == UPSTREAM_READY && (err == ECONNRESET || err == EPIPE))
+	int reset = err == ECONNRESET || err == EPIPE;
+	/* TCP_USER_TIMEOUT ran out: ETIMEDOUT, or the last ICMP error the
+	 * path gave (a WAN change) */
+	int lost = err == ETIMEDOUT || err == EHOSTUNREACH ||
+	    err == ENETUNREACH || err == EHOSTDOWN || err == ENETDOWN;
+
+	if (u->state == UPSTREAM_CLOSING && reset)
+		upstream_closed(u, "reset while closing");
+	else if (u->state == UPSTREAM_READY && reset)
 		upstream_server_closed(u);
-	else if (u->state == UPSTREAM_READY && err == ETIMEDOUT)
-		upstream_lost(u, "no acknowledgement from the server "
-		    "(TCP_USER_TIMEOUT)");
+	else if (u->state == UPSTREAM_READY && lost)
+		upstream_lost(u, strerror(err));
 	else
 		upstream_fail_errno(u, what, err);
 }
@@ -3977,7 +3979,7 @@ upstream_on_answer(struct upstream *u, unsigned char *m, size_t len)
 		/* A late answer to a query that timed out or that its twin
 		 * answered: its ID is never given again on this connection,
 		 * so it matches nothing; but the connection lives. */
-		if (idmap_used(&u->ids, get16(m)))
+		if (idmap_used(&u->ids, get16(m)) && dns_parse_answer(m, len))
 			upstream_alive(u);
 		log_debug("upstream %s: answer with unknown ID %u dropped",
 		    u->label, get16(m));
@@ -4103,7 +4105,14 @@ upstream_on_handshake(struct upstream *u)
 {
 	const char *alpn = br_ssl_engine_get_selected_protocol(&u->sc.eng);
 	int resumed = upstream_save_session(u);
+	unsigned user_timeout = g.query_timeout_ms > USER_TIMEOUT_MIN_MS ?
+	    g.query_timeout_ms : USER_TIMEOUT_MIN_MS;
 
+	/* From now on (not during connect: it would also cut SYN retries),
+	 * data the server does not acknowledge within --timeout ends the
+	 * connection: the evidence of a half-open path. */
+	setsockopt(u->fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout,
+	    sizeof user_timeout);
 	if (resumed)
 		u->n_resumed++;
 	u->answered = 0;
@@ -4275,7 +4284,7 @@ upstream_timers(struct upstream *u)
 	case UPSTREAM_READY:
 		if (u->suspect &&
 		    g.now_ms - u->unanswered_ms >= g.query_timeout_ms) {
-			upstream_silent(u);	/* its twins answered, or none */
+			upstream_silent(u);	/* its twins may have answered */
 			break;
 		}
 		if (!u->suspect && u->unanswered_ms != 0 && u->inflight > 0 &&
@@ -4440,8 +4449,8 @@ client_accept(struct listener *l)
 	int fd = accept4(l->tcp_fd, &peer.sa, &peerlen,
 	    SOCK_NONBLOCK | SOCK_CLOEXEC);
 
-	if (fd < 0 && (errno == EMFILE || errno == ENFILE ||
-	    errno == ENOBUFS || errno == ENOMEM)) {
+	if (fd < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+	    errno != EINTR && errno != ECONNABORTED) {
 		/* The connection stays queued and the listener readable:
 		 * watching it now would spin. Rest, then try again. */
 		l->accept_pause_ms = g.now_ms + ACCEPT_PAUSE_MS;
@@ -6392,9 +6401,10 @@ start_close_inherited(void)
 	if (syscall(SYS_close_range, 3u, ~0u, 0u) == 0)
 		return;		/* Linux 5.9 and later */
 #endif
+	/* Without it, what matters: those select() could watch. */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)max)
 		max = (long)rl.rlim_cur;
-	for (fd = 3; fd < max; fd++)
+	for (fd = 3; fd < max && fd < FD_SETSIZE; fd++)
 		close((int)fd);
 }
 

@@ -525,7 +525,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (g.pending[slot].state != PENDING_FREE)
 			g.pending[slot].attempts = MAX_ATTEMPTS;
 	u->state = UPSTREAM_READY;
-	upstream_teardown(u, 1);
+	upstream_teardown(u);
 	while (u->queue_head >= 0)	/* re-queued ones */
 		query_fail(u->queue_head, DNS_RCODE_SERVFAIL);
 	check_udp_batch();
