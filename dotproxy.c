@@ -90,6 +90,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/un.h>
+#include <stddef.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -188,6 +190,12 @@
 #define BACKOFF_MIN_MS		500	/* after a failed connection ... */
 #define BACKOFF_MAX_MS		10000	/* ... doubling, capped (stubby#373);
 					 * --max-backoff */
+#define MAX_HTTP_CLIENTS	4	/* --http: a few probes at a time */
+#define HTTP_IN_BYTES		1024	/* a request line and its headers */
+#define HTTP_OUT_BYTES		32768	/* /metrics with 8 upstreams, 16 zones */
+#define HTTP_TIMEOUT_MS		5000	/* a request must come, and be read, in
+					 * this long */
+#define PROBE_WAIT_MS		1000	/* --probe waits this long */
 #define MAX_SELECT_MS		1000
 #define LOG_RATE_MS		10000	/* repeatable warnings: one per 10 s */
 
@@ -195,7 +203,7 @@
 #define DOT_PORT		853	/* RFC 7858 3.1 */
 
 #if MAX_LISTENERS * 2 + MAX_UPSTREAMS + MAX_ZONE_UDP + MAX_ZONE_TCP + \
-    MAX_TCP_CLIENTS + 16 > FD_SETSIZE
+    MAX_TCP_CLIENTS + MAX_HTTP_CLIENTS + 16 > FD_SETSIZE
 #error "the limits need more descriptors than select() can watch"
 #endif
 #if MAX_PENDING > 0x7FFF || (ID_MAP_SLOTS & (ID_MAP_SLOTS - 1)) != 0
@@ -319,6 +327,7 @@ struct upstream {
 	int64_t retry_at_ms;		/* BACKOFF end */
 	int64_t answer_ms;		/* last answer to an ID we sent: the
 					 * connection lives */
+	int64_t ok_ms;			/* last verified handshake or answer */
 	int64_t unanswered_ms;		/* first send since answer_ms; 0: none */
 	int suspect;			/* silent for upstream_stall_ms(): new
 					 * queries go elsewhere, queries in
@@ -359,6 +368,23 @@ struct origin {
 	int has_local;			/* local is set (wildcard listener) */
 	int slot;			/* TCP: client slot ... */
 	unsigned gen;			/* ... and its generation */
+	int64_t at_ms;			/* when the query came */
+};
+
+/*
+ * Counters, for /metrics and the SIGUSR1 line alike. Latency: from a
+ * query's arrival to its answer, in STATS_BUCKETS buckets of at most
+ * stats_bucket_ms[i] (and one more for the rest).
+ */
+#define STATS_BUCKETS		12
+#define STATS_RCODES		7	/* NOERROR .. REFUSED, then "other" */
+
+struct stats {
+	unsigned long queries_udp, queries_tcp;
+	unsigned long answers[STATS_RCODES];
+	unsigned long latency[STATS_BUCKETS + 1];
+	unsigned long long latency_sum_ms;
+	unsigned long refused, dropped, local, hedged;
 };
 
 struct pending_query {
@@ -442,6 +468,7 @@ struct cache {
 struct zone {
 	unsigned char name[DNS_NAME_MAX_BYTES];	/* wire form, lower case */
 	size_t name_len;
+	char domain[DNS_NAME_MAX_BYTES + 2];	/* text, as given */
 	char label[DNS_NAME_MAX_BYTES * 2 + INET6_ADDRSTRLEN + 16];
 	union sockaddr_u addr;
 	socklen_t addrlen;
@@ -478,6 +505,15 @@ struct zone_tcp {
 struct ratelimit {
 	int64_t last_ms;
 	unsigned long suppressed;
+};
+
+/* An HTTP connection (--http): fd == -1 when free; a request is read into
+ * in, its whole response written from out, then it closes. */
+struct http_conn {
+	int fd;
+	int64_t since_ms;		/* accepted: HTTP_TIMEOUT_MS bounds it */
+	size_t in_len, out_off, out_len;	/* out_len != 0: answering */
+	unsigned char *in, *out;	/* g.http_in[i], g.http_out[i] */
 };
 
 /* ==== globals ========================================================= */
@@ -525,11 +561,23 @@ static struct proxy {
 	struct zone_tcp ztcp[MAX_ZONE_TCP];
 	struct acl_range allow[MAX_ALLOW];
 	size_t n_allow;
-	unsigned long n_refused;
 	int clock_behind;		/* validating at the build time */
-	unsigned long n_udp_queries, n_tcp_queries, n_servfail, n_local;
-	unsigned long n_hedged;		/* twins asked of another upstream */
+	struct stats stats;
+	time_t start_time;		/* for dotproxy_start_time_seconds */
+	int http_fd;			/* --http listener, -1: none */
+	struct http_conn http[MAX_HTTP_CLIENTS];
+	unsigned char http_in[MAX_HTTP_CLIENTS][HTTP_IN_BYTES];
+	unsigned char http_out[MAX_HTTP_CLIENTS][HTTP_OUT_BYTES];
 } g;
+
+/* Where log lines go (util section; set up by the start section). */
+static struct {
+	int journal;			/* stderr is journald's: <N> prefixes */
+	int syslog_fd;			/* --syslog: /dev/log, else -1 */
+	int notify_fd;			/* NOTIFY_SOCKET, else -1 */
+	int64_t watchdog_ms;		/* half of WATCHDOG_USEC, 0: none */
+	int64_t watchdog_last_ms;
+} g_log = { 0, -1, -1, 0, 0 };
 
 static volatile sig_atomic_t g_stop_signal;	/* last SIGTERM/SIGINT */
 static volatile sig_atomic_t g_stop_count;	/* how many of them */
@@ -705,19 +753,49 @@ static void die(const char *fmt, ...)
 static void
 log_msg(int level, const char *fmt, ...)
 {
+	/* syslog(3) severities: err, warning, info, debug */
+	static const unsigned char severity[] = { 3, 4, 6, 7 };
 	char line[512];
 	va_list ap;
-	size_t n;
+	size_t n = 0;
 
 	if (level > g.log_level)
 		return;
-	n = util_fmt(line, sizeof line, "dotproxy: %s: ", log_names[level]);
+	if (g_log.syslog_fd >= 0)	/* facility daemon (3) */
+		n = util_fmt(line, sizeof line, "<%d>", 24 + severity[level]);
+	else if (g_log.journal)		/* sd-daemon(3) prefixes */
+		n = util_fmt(line, sizeof line, "<%d>", severity[level]);
+	n += util_fmt(line + n, sizeof line - n, "dotproxy: %s: ",
+	    log_names[level]);
 	va_start(ap, fmt);
 	n += util_vfmt(line + n, sizeof line - n - 1, fmt, ap);
 	va_end(ap);
 	line[n++] = '\n';
+	if (g_log.syslog_fd >= 0 &&
+	    send(g_log.syslog_fd, line, n - 1, MSG_NOSIGNAL) >= 0)
+		return;
 	/* One write per line: lines from one process never interleave. */
 	util_write(2, line, n);
+}
+
+/* Tells the service manager something (sd_notify(3): "READY=1",
+ * "STATUS=...", "STOPPING=1", "WATCHDOG=1"), when it listens. */
+static void
+util_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void
+util_notify(const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+	size_t n;
+
+	if (g_log.notify_fd < 0)
+		return;
+	va_start(ap, fmt);
+	n = util_vfmt(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	(void)!send(g_log.notify_fd, msg, n, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
@@ -733,7 +811,8 @@ die(const char *fmt, ...)
 {
 	char line[512];
 	va_list ap;
-	size_t n = util_fmt(line, sizeof line, "dotproxy: fatal: ");
+	size_t n = util_fmt(line, sizeof line, "%sdotproxy: fatal: ",
+	    g_log.journal ? "<3>" : "");
 
 	va_start(ap, fmt);
 	n += util_vfmt(line + n, sizeof line - n - 1, fmt, ap);
@@ -1050,9 +1129,19 @@ util_br_error_name(int err, char *buf, size_t buflen)
 #define EDNS_OPTION_EDE		15	/* RFC 8914 */
 #define DNS_LOCAL_TTL_S		10800	/* special-use answers, as unbound */
 #define DNS_QUESTION_MAX_BYTES	(DNS_HEADER_BYTES + DNS_NAME_MAX_BYTES + 4)
-#define DNS_ERROR_MAX_BYTES	(DNS_QUESTION_MAX_BYTES + DNS_OPT_BYTES)
+#define DNS_EDE_TEXT_MAX	160	/* EXTRA-TEXT of our own EDEs */
+#define DNS_EDE_MAX_BYTES	(4 + 2 + DNS_EDE_TEXT_MAX)
+#define DNS_ERROR_MAX_BYTES	(DNS_QUESTION_MAX_BYTES + DNS_OPT_BYTES + \
+				 DNS_EDE_MAX_BYTES)
 #define DNS_LOCAL_MAX_BYTES	(DNS_QUESTION_MAX_BYTES + 16 + 28 + 59 + \
-				 DNS_OPT_BYTES)	/* A, AAAA, SOA, OPT */
+				 DNS_OPT_BYTES + DNS_EDE_MAX_BYTES)
+					/* A, AAAA, SOA, OPT with an EDE */
+#define EDE_OTHER		0	/* RFC 8914 4: INFO-CODEs we send */
+#define EDE_STALE		3
+#define EDE_PROHIBITED		18
+#define EDE_NO_REACHABLE	22
+#define EDE_NOT_SUPPORTED	21
+#define EDE_NETWORK_ERROR	23
 
 /* RFC 4343: ASCII letters match without case; no other byte does. */
 static unsigned
@@ -1376,15 +1465,40 @@ dns_put_opt(unsigned char *m, size_t len, unsigned ext_rcode, int do_bit,
 }
 
 /*
+ * Appends an Extended DNS Error option (RFC 8914: INFO-CODE, EXTRA-TEXT,
+ * at most DNS_EDE_TEXT_MAX bytes of it) to the OPT record that ends the
+ * message at opt_start, when cap allows. Returns the new length.
+ */
+static size_t
+dns_add_ede(unsigned char *m, size_t len, size_t cap, size_t opt_start,
+    int code, const char *text)
+{
+	size_t n = text ? strlen(text) : 0;
+
+	n = n < DNS_EDE_TEXT_MAX ? n : DNS_EDE_TEXT_MAX;
+	if (len + 6 + n > cap)
+		return len;
+	put16(m + len, EDNS_OPTION_EDE);
+	put16(m + len + 2, (unsigned)(2 + n));
+	put16(m + len + 4, (unsigned)code);
+	memcpy(m + len + 6, text, n);
+	put16(m + opt_start + DNS_OPT_BYTES - 2,
+	    get16(m + opt_start + DNS_OPT_BYTES - 2) + 6u + (unsigned)n);
+	return len + 6 + n;
+}
+
+/*
  * Builds an answer of dotproxy's own to a query: an RCODE (extended ones
  * too), or DNS_REPLY_TC. It has the query's ID, opcode, RD and CD, its
  * question when qi->qend != 0, and an OPT record when the query had a
- * well-formed one (RFC 6891 6.1.1), with its DO bit (RFC 3225 3). out
- * MUST hold DNS_ERROR_MAX_BYTES. Returns the length.
+ * well-formed one (RFC 6891 6.1.1), with its DO bit (RFC 3225 3) and,
+ * when ede >= 0, an Extended DNS Error saying why (RFC 8914; the text
+ * never names the query). out MUST hold DNS_ERROR_MAX_BYTES. Returns the
+ * length.
  */
 static size_t
 dns_make_error(unsigned char *out, const unsigned char *query,
-    const struct dns_query_info *qi, int rcode)
+    const struct dns_query_info *qi, int rcode, int ede, const char *text)
 {
 	size_t len = qi->qend ? qi->qend : DNS_HEADER_BYTES;
 
@@ -1399,8 +1513,14 @@ dns_make_error(unsigned char *out, const unsigned char *query,
 	    (rcode & 0x0F));
 	put16(out + 4, qi->qend ? 1 : 0);
 	memset(out + 6, 0, 6);
-	if (qi->has_opt)
+	if (qi->has_opt) {
+		size_t opt = len;
+
 		len = dns_put_opt(out, len, (unsigned)rcode >> 4, qi->do_bit, 0);
+		if (ede >= 0)
+			len = dns_add_ede(out, len, DNS_ERROR_MAX_BYTES, opt, ede,
+			    text);
+	}
 	return len;
 }
 
@@ -1766,10 +1886,11 @@ dns_local_answer(unsigned char *out, const unsigned char *m,
 	if (zone < 0)
 		return 0;
 	if (qi->qclass != DNS_CLASS_IN)
-		return dns_make_error(out, m, qi, DNS_RCODE_REFUSED);
+		return dns_make_error(out, m, qi, DNS_RCODE_REFUSED,
+		    EDE_NOT_SUPPORTED, "special-use name: class IN only");
 	apex = qi->qend - 4 - dns_local_lens[zone];
 	dns_make_error(out, m, qi, zone == DNS_LOCAL_INVALID ||
-	    zone == DNS_LOCAL_ONION ? DNS_RCODE_NXDOMAIN : 0);
+	    zone == DNS_LOCAL_ONION ? DNS_RCODE_NXDOMAIN : 0, -1, NULL);
 	out[2] |= DNS_FLAG_AA;
 	put16(out + 10, 0);		/* the OPT goes last */
 	if (zone == DNS_LOCAL_LOCALHOST && t == DNS_TYPE_A) {
@@ -1807,8 +1928,13 @@ dns_local_answer(unsigned char *out, const unsigned char *m,
 			put16(out + 8, 1);
 	}
 	put16(out + 6, an);
-	if (qi->has_opt)
+	if (qi->has_opt) {
+		size_t opt = len;
+
 		len = dns_put_opt(out, len, 0, qi->do_bit, 0);
+		len = dns_add_ede(out, len, DNS_LOCAL_MAX_BYTES, opt, EDE_OTHER,
+		    "special-use name, answered locally (RFC 6761)");
+	}
 	return len;
 }
 
@@ -2890,6 +3016,7 @@ static void query_deliver(int slot, const unsigned char *answer, size_t len);
 static void query_fail(int slot, int rcode);
 static void query_hedge(int slot);
 static void query_probe(struct upstream *u);
+static void observe_status(void);
 static void query_receive(const unsigned char *msg, size_t len,
     const struct origin *from);
 static void query_receive_oversized(const unsigned char *msg, size_t len,
@@ -3654,6 +3781,7 @@ upstream_fail(struct upstream *u, const char *what)
 	else
 		log_debug("upstream %s: %s (still failing)", u->label, what);
 	u->failing = 1;
+	observe_status();
 	util_fmt(u->why, sizeof u->why, "%s", what);
 	u->n_failures++;
 	upstream_forget_session(u);
@@ -3948,6 +4076,7 @@ upstream_on_first_answer(struct upstream *u)
 	if (u->failing)
 		log_info("upstream %s: connected again", u->label);
 	u->failing = 0;
+	observe_status();
 }
 
 /* An answer to an ID asked on the connection: it lives (see
@@ -3955,7 +4084,7 @@ upstream_on_first_answer(struct upstream *u)
 static void
 upstream_alive(struct upstream *u)
 {
-	u->answer_ms = g.now_ms;
+	u->answer_ms = u->ok_ms = g.now_ms;
 	u->unanswered_ms = 0;
 	u->suspect = 0;
 }
@@ -4105,6 +4234,8 @@ upstream_on_handshake(struct upstream *u)
 {
 	const char *alpn = br_ssl_engine_get_selected_protocol(&u->sc.eng);
 	int resumed = upstream_save_session(u);
+
+	u->ok_ms = g.now_ms;
 	unsigned user_timeout = g.query_timeout_ms > USER_TIMEOUT_MIN_MS ?
 	    g.query_timeout_ms : USER_TIMEOUT_MIN_MS;
 
@@ -4592,6 +4723,7 @@ client_take_frames(struct client_conn *c)
 	size_t off = 0;
 
 	from.kind = ORIGIN_TCP;
+	from.at_ms = g.now_ms;
 	from.peer = c->peer;
 	from.slot = (int)(c - g.clients);
 	from.gen = c->gen;
@@ -4935,6 +5067,7 @@ udp_on_readable(size_t li)
 
 		memset(&from, 0, sizeof from);
 		from.kind = ORIGIN_UDP;
+		from.at_ms = g.now_ms;
 		from.listener = (int)li;
 		memcpy(&from.peer, &udp_rx.peer[i], sizeof from.peer);
 		from.peerlen = mh->msg_namelen;
@@ -4958,12 +5091,34 @@ udp_on_readable(size_t li)
  * the slot from its route (query_detach) and free it.
  */
 
+/* The latency buckets' upper bounds, in ms, and as /metrics writes them. */
+static const unsigned stats_bucket_ms[STATS_BUCKETS] = {
+	1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
+};
+static const char *const stats_bucket_le[STATS_BUCKETS] = {
+	"0.001", "0.002", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
+	"0.5", "1", "2.5", "5",
+};
+
+/* Sends an answer the way its query came, and counts it (its RCODE, the
+ * time since the query came). */
 static void
 query_send(const struct origin *to, const unsigned char *msg, size_t len)
 {
+	int64_t ms = g.now_ms - to->at_ms;
+	size_t b;
+
+	if (to->kind == ORIGIN_PROBE)
+		return;
+	for (b = 0; b < STATS_BUCKETS && ms > stats_bucket_ms[b]; b++)
+		;
+	g.stats.latency[b]++;
+	g.stats.latency_sum_ms += (unsigned long long)(ms > 0 ? ms : 0);
+	g.stats.answers[(msg[3] & 0x0F) < STATS_RCODES - 1 ? msg[3] & 0x0F :
+	    STATS_RCODES - 1]++;
 	if (to->kind == ORIGIN_UDP)
 		udp_send(to, msg, len);
-	else if (to->kind == ORIGIN_TCP)
+	else
 		client_answer(to->slot, to->gen, msg, len);
 }
 
@@ -5070,7 +5225,7 @@ query_deliver(int slot, const unsigned char *answer, size_t len)
 static int
 query_serve_stale(struct pending_query *p)
 {
-	static unsigned char out[CACHE_MAX_ANSWER_BYTES];
+	static unsigned char out[CACHE_MAX_ANSWER_BYTES + DNS_EDE_MAX_BYTES];
 	struct dns_summary s;
 	size_t len;
 	int e;
@@ -5082,6 +5237,9 @@ query_serve_stale(struct pending_query *p)
 	if (e < 0)
 		return 0;
 	len = cache_get(e, out, 1, &s);
+	if (s.opt_end != 0)		/* RFC 8914 4.4: this is stale */
+		s.end = s.opt_end = len = dns_add_ede(out, len, sizeof out,
+		    s.opt_start, EDE_STALE, NULL);
 	len = dns_answer_for_client(out, len, p->query, &p->qi,
 	    query_udp_limit(p), &s);
 	if (len == 0)
@@ -5092,15 +5250,54 @@ query_serve_stale(struct pending_query *p)
 }
 
 /*
+ * Why a query gets SERVFAIL, as an Extended DNS Error (RFC 8914) and its
+ * text: the upstream (or zone) it waited on and what went wrong there,
+ * else the preferred upstream's last failure. Never the query's name.
+ */
+static int
+query_why(const struct pending_query *p, char *why, size_t cap)
+{
+	const struct upstream *u = &g.upstreams[0];
+	size_t i;
+
+	if (p->route == ROUTE_ZONE) {
+		const struct zone *z = &g.zones[p->route_idx];
+
+		util_fmt(why, cap, "forward zone %s: %s", z->label,
+		    z->last_err ? strerror(z->last_err) : "no answer in time");
+		return z->last_err ? EDE_NETWORK_ERROR : EDE_NO_REACHABLE;
+	}
+	if (p->route == ROUTE_UPSTREAM)
+		u = &g.upstreams[p->route_idx];
+	else
+		for (i = 0; i < g.n_upstreams; i++)
+			if (g.upstreams[i].failing) {
+				u = &g.upstreams[i];
+				break;
+			}
+	if (u->failing) {
+		util_fmt(why, cap, "upstream %s: %s", u->label, u->why);
+		return EDE_NETWORK_ERROR;
+	}
+	util_fmt(why, cap, "no answer from upstream %s in %u ms", u->label,
+	    g.query_timeout_ms);
+	return EDE_NO_REACHABLE;
+}
+
+/*
  * A query fails on its route. When its twin is still out, that one may
  * yet answer: this slot goes quietly. Otherwise the client gets rcode
- * (or, for SERVFAIL, a stale answer when --serve-stale has one).
+ * (or, for SERVFAIL, a stale answer when --serve-stale has one), with an
+ * Extended DNS Error saying why.
  */
 static void
 query_fail(int slot, int rcode)
 {
 	struct pending_query *p = &g.pending[slot];
 	unsigned char out[DNS_ERROR_MAX_BYTES];
+	char why[DNS_EDE_TEXT_MAX + 1];
+	int ede = rcode == DNS_RCODE_SERVFAIL ? query_why(p, why, sizeof why) :
+	    -1;
 	size_t len;
 
 	query_detach(slot);
@@ -5113,9 +5310,7 @@ query_fail(int slot, int rcode)
 		pending_free(slot);
 		return;
 	}
-	len = dns_make_error(out, p->query, &p->qi, rcode);
-	if (rcode == DNS_RCODE_SERVFAIL && p->from.kind != ORIGIN_PROBE)
-		g.n_servfail++;
+	len = dns_make_error(out, p->query, &p->qi, rcode, ede, why);
 	query_send(&p->from, out, len);
 	pending_free(slot);
 }
@@ -5166,7 +5361,7 @@ query_hedge(int slot)
 	memcpy(t->query, p->query, p->qlen);
 	t->twin = (int16_t)slot;
 	p->twin = (int16_t)ts;
-	g.n_hedged++;
+	g.stats.hedged++;
 	upstream_enqueue(&g.upstreams[up], ts);
 }
 
@@ -5228,13 +5423,11 @@ query_from_cache(const unsigned char *msg, const struct dns_query_info *qi,
 /* Answers a query at once with an error RCODE (or SERVFAIL). */
 static void
 query_reply_error(const unsigned char *msg, const struct dns_query_info *qi,
-    const struct origin *from, int rcode)
+    const struct origin *from, int rcode, int ede, const char *why)
 {
 	unsigned char out[DNS_ERROR_MAX_BYTES];
-	size_t len = dns_make_error(out, msg, qi, rcode);
+	size_t len = dns_make_error(out, msg, qi, rcode, ede, why);
 
-	if (rcode == DNS_RCODE_SERVFAIL)
-		g.n_servfail++;
 	query_send(from, out, len);
 }
 
@@ -5249,15 +5442,18 @@ query_receive_oversized(const unsigned char *msg, size_t len,
 {
 	struct dns_query_info qi;
 
-	g.n_udp_queries++;
-	if (dns_parse_query(msg, len, &qi) == DNS_DROP)
-		return;
-	if (!acl_allowed(&from->peer)) {
-		g.n_refused++;
-		query_reply_error(msg, &qi, from, DNS_RCODE_REFUSED);
+	g.stats.queries_udp++;
+	if (dns_parse_query(msg, len, &qi) == DNS_DROP) {
+		g.stats.dropped++;
 		return;
 	}
-	query_reply_error(msg, &qi, from, DNS_REPLY_TC);
+	if (!acl_allowed(&from->peer)) {
+		g.stats.refused++;
+		query_reply_error(msg, &qi, from, DNS_RCODE_REFUSED,
+		    EDE_PROHIBITED, "not in --allow");
+		return;
+	}
+	query_reply_error(msg, &qi, from, DNS_REPLY_TC, -1, NULL);
 }
 
 /*
@@ -5276,11 +5472,12 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 	uint8_t key;
 
 	if (from->kind == ORIGIN_UDP)
-		g.n_udp_queries++;
+		g.stats.queries_udp++;
 	else
-		g.n_tcp_queries++;
+		g.stats.queries_tcp++;
 	rc = dns_parse_query(msg, len, &qi);
 	if (rc == DNS_DROP) {
+		g.stats.dropped++;
 		if (from->kind == ORIGIN_TCP)
 			client_answer(from->slot, from->gen, NULL, 0);
 		return;
@@ -5288,12 +5485,13 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 	if (!acl_allowed(&from->peer)) {
 		/* Not an open resolver: REFUSED (RFC 8906 3.1.5), small and
 		 * no larger than the query, whatever else it is. */
-		g.n_refused++;
-		query_reply_error(msg, &qi, from, DNS_RCODE_REFUSED);
+		g.stats.refused++;
+		query_reply_error(msg, &qi, from, DNS_RCODE_REFUSED,
+		    EDE_PROHIBITED, "not in --allow");
 		return;
 	}
 	if (rc != 0) {
-		query_reply_error(msg, &qi, from, rc);
+		query_reply_error(msg, &qi, from, rc, -1, NULL);
 		return;
 	}
 	if (g.log_level >= LOG_DEBUG) {
@@ -5304,7 +5502,7 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 		    from->kind == ORIGIN_UDP ? "UDP" : "TCP");
 	}
 	if ((len = dns_local_answer(out, msg, &qi)) != 0) {
-		g.n_local++;
+		g.stats.local++;
 		query_send(from, out, len);
 		return;
 	}
@@ -5318,7 +5516,8 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 		if (ratelimit_ok(&g.rl_table_full))
 			log_warn("%d queries in flight: new ones get SERVFAIL",
 			    MAX_PENDING);
-		query_reply_error(msg, &qi, from, DNS_RCODE_SERVFAIL);
+		query_reply_error(msg, &qi, from, DNS_RCODE_SERVFAIL, EDE_OTHER,
+		    "too many queries in flight");
 		return;
 	}
 	p = &g.pending[slot];
@@ -5339,6 +5538,458 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 		return;
 	}
 	upstream_enqueue(&g.upstreams[up], slot);
+}
+
+/* ==== observe: counters, /health, /ready, /metrics ===================== */
+/*
+ * Owns the HTTP endpoint (--http: off by default) and what it says; the
+ * SIGUSR1 line says the same numbers. HTTP/1.1 GET only, one request per
+ * connection, MAX_HTTP_CLIENTS of them in fixed buffers, answered by the
+ * loop itself: a frozen or wedged loop fails /health, which a kernel's
+ * TCP handshake on port 53 cannot.
+ */
+
+/* Writes a label value as Prometheus wants it (\\, \" and \n escaped). */
+static size_t
+observe_label(char *out, size_t cap, const char *s)
+{
+	size_t o = 0;
+
+	for (; *s && o + 3 < cap; s++) {
+		if (*s == '\\' || *s == '"' || *s == '\n')
+			out[o++] = '\\';
+		out[o++] = *s == '\n' ? 'n' : *s;
+	}
+	out[o] = '\0';
+	return o;
+}
+
+/* A metric's HELP and TYPE lines. */
+static size_t
+observe_head(char *out, size_t cap, const char *name, const char *type,
+    const char *help)
+{
+	return util_fmt(out, cap, "# HELP dotproxy_%s %s\n# TYPE dotproxy_%s "
+	    "%s\n", name, help, name, type);
+}
+
+/* Number of TCP clients connected now. */
+static size_t
+observe_tcp_clients(void)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < MAX_TCP_CLIENTS; i++)
+		n += g.clients[i].state != CLIENT_FREE;
+	return n;
+}
+
+/* Returns 1 if an upstream answers now: verified (handshake or answer)
+ * and not failing since. */
+static int
+observe_upstream_up(const struct upstream *u)
+{
+	return u->ok_ms != 0 && !u->failing;
+}
+
+static const char *const observe_rcodes[STATS_RCODES] = {
+	"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+	"other",
+};
+
+/*
+ * The Prometheus text format (0.0.4) of every counter, into out. Names
+ * follow Prometheus' conventions (dotproxy_ prefix, _total counters, base
+ * units); labels are bounded sets (transports, RCODEs, the configured
+ * upstreams and zones). Returns the length.
+ */
+static size_t
+observe_metrics(char *out, size_t cap)
+{
+	char addr[INET6_ADDRSTRLEN + 8], name[2 * AUTHNAME_MAX_BYTES];
+	unsigned long long cum = 0;
+	size_t o = 0, i, b;
+
+#define M_HEAD(n, t, h) (o += observe_head(out + o, cap - o, n, t, h))
+#define M_LINE(...) (o += util_fmt(out + o, cap - o, __VA_ARGS__))
+	M_HEAD("queries_total", "counter", "Queries received, by transport.");
+	M_LINE("dotproxy_queries_total{transport=\"udp\"} %lu\n"
+	    "dotproxy_queries_total{transport=\"tcp\"} %lu\n",
+	    g.stats.queries_udp, g.stats.queries_tcp);
+	M_HEAD("responses_total", "counter", "Answers sent, by RCODE.");
+	for (i = 0; i < STATS_RCODES; i++)
+		M_LINE("dotproxy_responses_total{rcode=\"%s\"} %lu\n",
+		    observe_rcodes[i], g.stats.answers[i]);
+	M_HEAD("request_duration_seconds", "histogram", "Time from a query's "
+	    "arrival to its answer.");
+	for (b = 0; b <= STATS_BUCKETS; b++) {
+		cum += g.stats.latency[b];
+		M_LINE("dotproxy_request_duration_seconds_bucket{le=\"%s\"} "
+		    "%llu\n", b < STATS_BUCKETS ? stats_bucket_le[b] : "+Inf",
+		    cum);
+	}
+	M_LINE("dotproxy_request_duration_seconds_sum %llu.%03llu\n"
+	    "dotproxy_request_duration_seconds_count %llu\n",
+	    g.stats.latency_sum_ms / 1000, g.stats.latency_sum_ms % 1000, cum);
+	M_HEAD("cache_hits_total", "counter", "Queries answered from the "
+	    "cache.");
+	M_LINE("dotproxy_cache_hits_total %lu\n", g.cache.hits);
+	M_HEAD("cache_misses_total", "counter", "Queries the cache could not "
+	    "answer.");
+	M_LINE("dotproxy_cache_misses_total %lu\n", g.cache.misses);
+	M_HEAD("cache_stale_total", "counter", "Stale answers served "
+	    "(RFC 8767).");
+	M_LINE("dotproxy_cache_stale_total %lu\n", g.cache.stale);
+	M_HEAD("cache_evictions_total", "counter", "Entries evicted for room.");
+	M_LINE("dotproxy_cache_evictions_total %lu\n", g.cache.evictions);
+	M_HEAD("cache_entries", "gauge", "Answers in the cache.");
+	M_LINE("dotproxy_cache_entries %zu\n", g.cache.n_blocks ?
+	    g.cache.n_entries - cache_free_entries() : 0);
+	M_HEAD("refused_total", "counter", "Queries refused by --allow.");
+	M_LINE("dotproxy_refused_total %lu\n", g.stats.refused);
+	M_HEAD("dropped_total", "counter", "Messages dropped unanswered "
+	    "(responses, too short).");
+	M_LINE("dotproxy_dropped_total %lu\n", g.stats.dropped);
+	M_HEAD("local_total", "counter", "Special-use names answered "
+	    "locally.");
+	M_LINE("dotproxy_local_total %lu\n", g.stats.local);
+	M_HEAD("hedged_total", "counter", "Queries also asked of a second "
+	    "upstream.");
+	M_LINE("dotproxy_hedged_total %lu\n", g.stats.hedged);
+	M_HEAD("queries_in_flight", "gauge", "Queries waiting for an "
+	    "upstream or a zone server.");
+	M_LINE("dotproxy_queries_in_flight %zu\n", MAX_PENDING - g.n_free);
+	M_HEAD("tcp_clients", "gauge", "TCP client connections.");
+	M_LINE("dotproxy_tcp_clients %zu\n", observe_tcp_clients());
+	M_HEAD("upstream_up", "gauge", "1 if the upstream is verified and not "
+	    "failing.");
+	M_HEAD("upstream_queries_total", "counter", "Queries sent to the "
+	    "upstream.");
+	M_HEAD("upstream_connects_total", "counter", "TLS connections made.");
+	M_HEAD("upstream_resumptions_total", "counter", "TLS sessions "
+	    "resumed.");
+	M_HEAD("upstream_failures_total", "counter", "Connections that "
+	    "failed.");
+	M_HEAD("upstream_rtt_seconds", "gauge", "Smoothed round trip of its "
+	    "answers (RFC 6298).");
+	for (i = 0; i < g.n_upstreams; i++) {
+		const struct upstream *u = &g.upstreams[i];
+		char lab[sizeof addr + sizeof name + 32];
+
+		util_format_addr(&u->addr, addr, sizeof addr);
+		observe_label(name, sizeof name, u->name);
+		util_fmt(lab, sizeof lab, "{upstream=\"%s\",name=\"%s\"}", addr,
+		    name);
+		M_LINE("dotproxy_upstream_up%s %d\n"
+		    "dotproxy_upstream_queries_total%s %lu\n"
+		    "dotproxy_upstream_connects_total%s %lu\n"
+		    "dotproxy_upstream_resumptions_total%s %lu\n"
+		    "dotproxy_upstream_failures_total%s %lu\n"
+		    "dotproxy_upstream_rtt_seconds%s %lld.%03lld\n", lab,
+		    observe_upstream_up(u), lab, u->n_queries, lab,
+		    u->n_connects, lab, u->n_resumed, lab, u->n_failures, lab,
+		    (long long)(u->srtt_ms / 1000),
+		    (long long)(u->srtt_ms % 1000));
+	}
+	if (g.n_zones != 0) {
+		M_HEAD("zone_queries_total", "counter", "Queries sent to a "
+		    "forward zone's server.");
+		M_HEAD("zone_tcp_total", "counter", "Of them, asked again over "
+		    "TCP.");
+		M_HEAD("zone_failures_total", "counter", "Of them, failed.");
+	}
+	for (i = 0; i < g.n_zones; i++) {
+		const struct zone *z = &g.zones[i];
+
+		observe_label(name, sizeof name, z->domain);
+		M_LINE("dotproxy_zone_queries_total{zone=\"%s\"} %lu\n"
+		    "dotproxy_zone_tcp_total{zone=\"%s\"} %lu\n"
+		    "dotproxy_zone_failures_total{zone=\"%s\"} %lu\n", name,
+		    z->n_queries, name, z->n_tcp, name, z->n_failures);
+	}
+	M_HEAD("build_info", "gauge", "Version, and the TLS library.");
+	M_LINE("dotproxy_build_info{version=\"%s\",bearssl=\"0.6\"} 1\n",
+	    DOTPROXY_VERSION);
+	M_HEAD("start_time_seconds", "gauge", "Start time, Unix seconds.");
+	M_LINE("dotproxy_start_time_seconds %lld\n", (long long)g.start_time);
+#undef M_HEAD
+#undef M_LINE
+	return o;
+}
+
+/*
+ * Returns 1 if dotproxy is ready for clients: listening, not draining,
+ * and an upstream verified (a handshake or an answer) with no failure
+ * since. Else 0, with why. With no upstream tried yet (connections are
+ * made on demand), the preferred one is probed, so that a readiness
+ * check alone brings readiness.
+ */
+static int
+observe_ready(char *why, size_t cap)
+{
+	size_t i;
+
+	if (g.draining) {
+		util_fmt(why, cap, "draining: stopping on a signal");
+		return 0;
+	}
+	for (i = 0; i < g.n_upstreams; i++)
+		if (observe_upstream_up(&g.upstreams[i]))
+			return 1;
+	for (i = 0; i < g.n_upstreams; i++) {
+		struct upstream *u = &g.upstreams[i];
+
+		if (u->failing) {
+			util_fmt(why, cap, "upstream %s: %s", u->label, u->why);
+			return 0;
+		}
+	}
+	util_fmt(why, cap, "no upstream verified yet: connecting to %s",
+	    g.upstreams[0].label);
+	if (g.upstreams[0].state == UPSTREAM_DISCONNECTED)
+		query_probe(&g.upstreams[0]);
+	return 0;
+}
+
+/*
+ * Parses an HTTP request in buf[0..len) (RFC 9112 3: a request line, then
+ * header lines, then an empty line). Returns 0 when more is needed, -1 if
+ * it can never be a request we take, else 1 with the target in
+ * [*path, *path + *plen) and *get set for a GET.
+ */
+static int
+observe_parse_http(const char *buf, size_t len, const char **path,
+    size_t *plen, int *get)
+{
+	size_t i, sp1, sp2;
+
+	for (i = 0; i + 3 < len; i++)
+		if (memcmp(buf + i, "\r\n\r\n", 4) == 0)
+			break;
+	if (i + 3 >= len)
+		return len >= HTTP_IN_BYTES ? -1 : 0;
+	for (sp1 = 0; sp1 < i && buf[sp1] != ' '; sp1++)
+		;
+	for (sp2 = sp1 + 1; sp2 < i && buf[sp2] != ' '; sp2++)
+		;
+	if (sp1 == 0 || sp2 >= i || sp2 == sp1 + 1 || i - sp2 < 9 ||
+	    memcmp(buf + sp2 + 1, "HTTP/1.", 7) != 0 || buf[sp2 + 9] != '\r')
+		return -1;
+	*get = sp1 == 3 && memcmp(buf, "GET", 3) == 0;
+	*path = buf + sp1 + 1;
+	*plen = sp2 - sp1 - 1;
+	return 1;
+}
+
+/* Writes a whole response (status line, headers, body) into c's buffer. */
+static void
+observe_respond(struct http_conn *c, int status, const char *type,
+    const char *body, size_t blen)
+{
+	const char *reason = status == 200 ? "OK" : status == 404 ?
+	    "Not Found" : status == 405 ? "Method Not Allowed" : status ==
+	    503 ? "Service Unavailable" : "Bad Request";
+	size_t o = util_fmt((char *)c->out, HTTP_OUT_BYTES, "HTTP/1.1 %d %s\r\n"
+	    "Content-Type: %s\r\nContent-Length: %zu\r\nCache-Control: "
+	    "no-store\r\nConnection: close\r\n%s\r\n", status, reason, type,
+	    blen, status == 405 ? "Allow: GET\r\n" : "");
+
+	blen = blen < HTTP_OUT_BYTES - o ? blen : HTTP_OUT_BYTES - o;
+	memcpy(c->out + o, body, blen);
+	c->out_len = o + blen;
+	c->out_off = 0;
+}
+
+/* Answers the request in c's buffer: /health, /ready, /metrics. */
+static void
+observe_serve(struct http_conn *c, const char *path, size_t plen, int get)
+{
+	static char body[HTTP_OUT_BYTES];
+	size_t n;
+
+#define HTTP_IS(p) (plen == sizeof p - 1 && memcmp(path, p, plen) == 0)
+	if (!get) {
+		observe_respond(c, 405, "text/plain", "GET only\n", 9);
+	} else if (HTTP_IS("/health")) {
+		observe_respond(c, 200, "text/plain", "ok\n", 3);
+	} else if (HTTP_IS("/ready")) {
+		if (observe_ready(body, sizeof body - 1)) {
+			observe_respond(c, 200, "text/plain", "ready\n", 6);
+		} else {
+			n = strlen(body);
+			body[n++] = '\n';
+			observe_respond(c, 503, "text/plain", body, n);
+		}
+	} else if (HTTP_IS("/metrics")) {
+		n = observe_metrics(body, sizeof body);
+		observe_respond(c, 200, "text/plain; version=0.0.4; "
+		    "charset=utf-8", body, n);
+	} else {
+		observe_respond(c, 404, "text/plain", "/health, /ready or "
+		    "/metrics\n", 28);
+	}
+#undef HTTP_IS
+}
+
+static void
+observe_close(struct http_conn *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+}
+
+static void
+observe_accept(void)
+{
+	size_t i;
+	int fd = accept4(g.http_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	for (i = 0; i < MAX_HTTP_CLIENTS; i++) {
+		struct http_conn *c = &g.http[i];
+
+		if (c->fd < 0 && fd < FD_SETSIZE) {
+			c->fd = fd;
+			c->since_ms = g.now_ms;
+			c->in_len = c->out_len = c->out_off = 0;
+			return;
+		}
+	}
+	close(fd);		/* all busy (a few probes at a time) */
+}
+
+static void
+observe_on_readable(struct http_conn *c)
+{
+	const char *path;
+	size_t plen;
+	int get, r;
+	ssize_t n = recv(c->fd, c->in + c->in_len, HTTP_IN_BYTES - c->in_len,
+	    0);
+
+	if (n <= 0) {
+		if (n == 0 || (errno != EAGAIN && errno != EINTR))
+			observe_close(c);
+		return;
+	}
+	c->in_len += (size_t)n;
+	r = observe_parse_http((const char *)c->in, c->in_len, &path, &plen,
+	    &get);
+	if (r < 0)
+		observe_respond(c, 400, "text/plain", "bad request\n", 12);
+	else if (r > 0)
+		observe_serve(c, path, plen, get);
+}
+
+static void
+observe_on_writable(struct http_conn *c)
+{
+	ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
+	    MSG_NOSIGNAL);
+
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0 || (c->out_off += (size_t)n) == c->out_len)
+		observe_close(c);	/* sent (Connection: close), or gone */
+}
+
+/* Adds the HTTP sockets to the fd sets; closes connections older than
+ * HTTP_TIMEOUT_MS (a request must come whole, and be read, in time). */
+static void
+observe_want(fd_set *rd, fd_set *wr, int *maxfd)
+{
+	size_t i;
+
+	if (g.http_fd < 0)
+		return;
+	FD_SET(g.http_fd, rd);
+	*maxfd = g.http_fd > *maxfd ? g.http_fd : *maxfd;
+	for (i = 0; i < MAX_HTTP_CLIENTS; i++) {
+		struct http_conn *c = &g.http[i];
+
+		if (c->fd >= 0 && g.now_ms - c->since_ms >= HTTP_TIMEOUT_MS)
+			observe_close(c);
+		if (c->fd < 0)
+			continue;
+		FD_SET(c->fd, c->out_len > 0 ? wr : rd);
+		*maxfd = c->fd > *maxfd ? c->fd : *maxfd;
+	}
+}
+
+static void
+observe_dispatch(fd_set *rd, fd_set *wr)
+{
+	size_t i;
+
+	if (g.http_fd < 0)
+		return;
+	for (i = 0; i < MAX_HTTP_CLIENTS; i++) {
+		struct http_conn *c = &g.http[i];
+		int fd = c->fd;
+
+		if (fd >= 0 && c->out_len > 0 && FD_ISSET(fd, wr))
+			observe_on_writable(c);
+		else if (fd >= 0 && c->out_len == 0 && FD_ISSET(fd, rd))
+			observe_on_readable(c);
+	}
+	if (FD_ISSET(g.http_fd, rd))
+		observe_accept();
+}
+
+/* Tells the service manager how many upstreams work (STATUS=), when that
+ * number changes. */
+static void
+observe_status(void)
+{
+	static size_t last = (size_t)-1;
+	size_t i, up = 0;
+
+	for (i = 0; i < g.n_upstreams; i++)
+		up += observe_upstream_up(&g.upstreams[i]);
+	if (up != last)
+		util_notify("STATUS=%zu of %zu upstream%s up%s", up,
+		    g.n_upstreams, g.n_upstreams == 1 ? "" : "s",
+		    g.draining ? "; draining" : "");
+	last = up;
+}
+
+/* The SIGUSR1 line: the same counters as /metrics, on one line. */
+static void
+observe_log_stats(void)
+{
+	char line[4096];
+	size_t i, o;
+
+	o = util_fmt(line, sizeof line, "dotproxy: stats: queries udp=%lu "
+	    "tcp=%lu; cache hits=%lu misses=%lu stale=%lu entries=%zu "
+	    "evictions=%lu; servfail=%lu refused=%lu local=%lu hedged=%lu; "
+	    "in_flight=%zu tcp_clients=%zu", g.stats.queries_udp,
+	    g.stats.queries_tcp, g.cache.hits, g.cache.misses, g.cache.stale,
+	    g.cache.n_blocks ? g.cache.n_entries - cache_free_entries() : 0,
+	    g.cache.evictions, g.stats.answers[DNS_RCODE_SERVFAIL],
+	    g.stats.refused, g.stats.local, g.stats.hedged,
+	    MAX_PENDING - g.n_free, observe_tcp_clients());
+	for (i = 0; i < g.n_upstreams && o < sizeof line; i++) {
+		struct upstream *u = &g.upstreams[i];
+
+		o += util_fmt(line + o, sizeof line - o, "; upstream "
+		    "%s %s queries=%lu connects=%lu resumed=%lu failures=%lu",
+		    u->label, upstream_state_names[u->state], u->n_queries,
+		    u->n_connects, u->n_resumed, u->n_failures);
+	}
+	for (i = 0; i < g.n_zones && o < sizeof line; i++) {
+		struct zone *z = &g.zones[i];
+
+		o += util_fmt(line + o, sizeof line - o, "; zone %s "
+		    "queries=%lu tcp=%lu failures=%lu", z->label, z->n_queries,
+		    z->n_tcp, z->n_failures);
+	}
+	if (o >= sizeof line - 1)
+		o = sizeof line - 2;
+	line[o++] = '\n';
+	(void)!write(2, line, o);
 }
 
 /* ==== loop: fd sets, select(), dispatch, timers ======================= */
@@ -5386,6 +6037,9 @@ loop_timeout_ms(void)
 		if (g.listeners[i].accept_pause_ms > g.now_ms &&
 		    g.listeners[i].accept_pause_ms < next)
 			next = g.listeners[i].accept_pause_ms;
+	if (g_log.watchdog_ms != 0 &&
+	    g_log.watchdog_last_ms + g_log.watchdog_ms < next)
+		next = g_log.watchdog_last_ms + g_log.watchdog_ms;
 	return next > g.now_ms ? next - g.now_ms : 0;
 }
 
@@ -5420,14 +6074,17 @@ loop_dispatch(fd_set *rd, fd_set *wr)
 			client_on_readable(c);
 	}
 	zone_dispatch(rd, wr);
+	observe_dispatch(rd, wr);	/* /health too while draining */
 	if (g.draining)
 		return;		/* listeners are not watched any more */
 	for (i = 0; i < g.n_listeners; i++)
-		if (FD_ISSET(g.listeners[i].udp_fd, rd))
+		if (g.listeners[i].udp_fd >= 0 &&
+		    FD_ISSET(g.listeners[i].udp_fd, rd))
 			udp_on_readable(i);
 	/* New TCP clients last: existing work goes first. */
 	for (i = 0; i < g.n_listeners; i++)
-		if (FD_ISSET(g.listeners[i].tcp_fd, rd))
+		if (g.listeners[i].tcp_fd >= 0 &&
+		    FD_ISSET(g.listeners[i].tcp_fd, rd))
 			client_accept(&g.listeners[i]);
 }
 
@@ -5442,8 +6099,11 @@ loop_begin_drain(void)
 
 	g.draining = 1;
 	g.drain_deadline_ms = g.now_ms + g.drain_ms;
+	util_notify("STOPPING=1\nSTATUS=draining: %zu quer%s in flight", n,
+	    n == 1 ? "y" : "ies");
 	for (i = 0; i < g.n_listeners; i++) {
-		close(g.listeners[i].tcp_fd);
+		if (g.listeners[i].tcp_fd >= 0)
+			close(g.listeners[i].tcp_fd);
 		g.listeners[i].tcp_fd = -1;
 	}
 	log_info("stopping on signal %d: %zu quer%s in flight, waiting up to "
@@ -5489,43 +6149,6 @@ loop_drain_done(void)
 	return !busy;
 }
 
-/* Writes one line of counters (SIGUSR1), whatever the log level. */
-static void
-loop_log_stats(void)
-{
-	char line[4096];
-	size_t i, n_clients = 0, o;
-
-	for (i = 0; i < MAX_TCP_CLIENTS; i++)
-		n_clients += g.clients[i].state != CLIENT_FREE;
-	o = util_fmt(line, sizeof line, "dotproxy: stats: "
-	    "queries udp=%lu tcp=%lu; cache hits=%lu misses=%lu stale=%lu "
-	    "entries=%zu evictions=%lu; servfail=%lu local=%lu hedged=%lu; "
-	    "in_flight=%zu tcp_clients=%zu", g.n_udp_queries, g.n_tcp_queries,
-	    g.cache.hits, g.cache.misses, g.cache.stale,
-	    g.cache.n_blocks ? g.cache.n_entries - cache_free_entries() : 0,
-	    g.cache.evictions, g.n_servfail, g.n_local, g.n_hedged,
-	    MAX_PENDING - g.n_free, n_clients);
-	for (i = 0; i < g.n_upstreams && o < sizeof line; i++) {
-		struct upstream *u = &g.upstreams[i];
-
-		o += util_fmt(line + o, sizeof line - o, "; upstream "
-		    "%s %s queries=%lu connects=%lu resumed=%lu failures=%lu",
-		    u->label, upstream_state_names[u->state], u->n_queries,
-		    u->n_connects, u->n_resumed, u->n_failures);
-	}
-	for (i = 0; i < g.n_zones && o < sizeof line; i++) {
-		struct zone *z = &g.zones[i];
-
-		o += util_fmt(line + o, sizeof line - o, "; zone %s "
-		    "queries=%lu tcp=%lu failures=%lu", z->label, z->n_queries,
-		    z->n_tcp, z->n_failures);
-	}
-	if (o >= sizeof line - 1)
-		o = sizeof line - 2;
-	line[o++] = '\n';
-	(void)!write(2, line, o);
-}
 
 /* Runs until SIGTERM or SIGINT, and the drain after it. */
 static void
@@ -5543,7 +6166,12 @@ loop_run(void)
 			loop_begin_drain();
 		if (g_stats_wanted) {
 			g_stats_wanted = 0;
-			loop_log_stats();
+			observe_log_stats();
+		}
+		if (g_log.watchdog_ms != 0 &&
+		    g.now_ms - g_log.watchdog_last_ms >= g_log.watchdog_ms) {
+			util_notify("WATCHDOG=1");	/* the loop turns */
+			g_log.watchdog_last_ms = g.now_ms;
 		}
 		if (g_retry_wanted) {
 			g_retry_wanted = 0;
@@ -5574,10 +6202,11 @@ loop_run(void)
 		for (i = 0; i < g.n_listeners && !g.draining; i++) {
 			struct listener *l = &g.listeners[i];
 
-			FD_SET(l->udp_fd, &rd);
+			if (l->udp_fd >= 0)
+				FD_SET(l->udp_fd, &rd);
 			if (l->udp_fd > maxfd)
 				maxfd = l->udp_fd;
-			if (l->accept_pause_ms > g.now_ms)
+			if (l->accept_pause_ms > g.now_ms || l->tcp_fd < 0)
 				continue;
 			FD_SET(l->tcp_fd, &rd);
 			if (l->tcp_fd > maxfd)
@@ -5588,6 +6217,7 @@ loop_run(void)
 		for (i = 0; i < MAX_TCP_CLIENTS; i++)
 			client_want(&g.clients[i], &rd, &wr, &maxfd);
 		zone_want(&rd, &wr, &maxfd);
+		observe_want(&rd, &wr, &maxfd);
 		if (udp_tx.n > 0)
 			udp_flush();	/* this pass's answers, in one call */
 		ms = loop_timeout_ms();
@@ -5914,6 +6544,7 @@ config_parse_zone(const char *spec, struct zone *z)
 		return "bad server address (want IP, IP@PORT or [IPv6]:PORT)";
 	util_format_addr(&z->addr, addr, sizeof addr);
 	util_fmt(z->label, sizeof z->label, "%s (%s)", dom, addr);
+	util_fmt(z->domain, sizeof z->domain, "%s", dom);
 	return NULL;
 }
 
@@ -5972,6 +6603,10 @@ static struct start_opts {
 	const char *listen_specs[MAX_LISTENERS];
 	size_t n_listen;
 	const char *ca_file, *chroot_dir;
+	const char *http_spec;		/* --http, or NULL */
+	const char *probe_spec;		/* --probe: its address, or NULL */
+	int probe;			/* --probe given */
+	int syslog;			/* --syslog */
 	size_t cache_bytes;
 	unsigned cache_min_ttl, cache_max_ttl, serve_stale;
 	long uid, gid;			/* -1: keep */
@@ -5990,6 +6625,8 @@ enum config_kind {
 	CONFIG_NUMBER,			/* unsigned, in [min, max] */
 	CONFIG_SIZE,			/* bytes, k or m suffix, in [min, max] */
 	CONFIG_VALUE,			/* text for config_take() */
+	CONFIG_OPTIONAL,		/* a value only with = or when the next
+					 * argument is not an option */
 };
 
 struct config_option {
@@ -6052,6 +6689,16 @@ static const struct config_option config_options[] = {
 	    "run as UID:GID (numbers) once the ports are open" },
 	{ 0, CONFIG_VALUE, 0, "chroot", "DIR", NULL, 0, 0, NULL,
 	    "chroot to DIR once the ports are open" },
+	{ 0, CONFIG_VALUE, 0, "http", "ADDR", NULL, 0, 0, NULL,
+	    "serve /health, /ready and /metrics (Prometheus) over HTTP on "
+	    "ADDR: PORT (on 127.0.0.1) or a --listen form; default: off" },
+	{ 0, CONFIG_OPTIONAL, 0, "probe", "[ADDR]", NULL, 0, 0, NULL,
+	    "ask the dotproxy at ADDR (default 127.0.0.1@53) for localhost. "
+	    "and exit 0 if it answers within a second, else 1: a health "
+	    "check for images without a shell" },
+	{ 0, CONFIG_FLAG, 0, "syslog", NULL, NULL, 0, 0, NULL,
+	    "log to the system logger (/dev/log, facility daemon) with each "
+	    "line's level, instead of stderr" },
 	{ 'v', CONFIG_FLAG, 0, "verbose", NULL, NULL, 0, 0, NULL,
 	    "log every event, query names included" },
 	{ 'q', CONFIG_FLAG, 0, "quiet", NULL, NULL, 0, 0, NULL,
@@ -6082,6 +6729,8 @@ config_defaults(void)
 	g.tas = TAs;
 	g.n_tas = TAs_NUM;
 	g.now_ms = time_now_ms();
+	g.start_time = time(NULL);
+	g.http_fd = -1;
 }
 
 /* Writes text into out at o, words wrapped at 78 columns, each new line
@@ -6257,6 +6906,11 @@ config_take(const struct config_option *c, const char *arg)
 		g.n_zones++;
 	} else if (strcmp(c->name, "allow") == 0) {
 		acl_add(arg);
+	} else if (strcmp(c->name, "http") == 0) {
+		config.http_spec = arg;
+	} else if (strcmp(c->name, "probe") == 0) {
+		config.probe = 1;
+		config.probe_spec = arg;
 	} else if (strcmp(c->name, "user") == 0) {
 		if (config_parse_user(arg, &config.uid, &config.gid) < 0)
 			die("bad --user '%s' (want UID or UID:GID, numbers)",
@@ -6283,6 +6937,8 @@ config_apply(const struct config_option *c, const char *arg)
 			g.log_level = LOG_DEBUG;
 		else if (c->shortname == 'q')
 			g.log_level = LOG_WARN;
+		else if (c->shortname == 0)
+			config.syslog = 1;	/* --syslog */
 		else if (c->shortname == 'h') {
 			config_usage(1);
 			exit(0);
@@ -6368,7 +7024,11 @@ config_parse_args(int argc, char **argv)
 				config_usage_error("unknown option", argv[i]);
 			val = a[1] ? a + 1 : NULL;
 		}
-		if (c->kind != CONFIG_FLAG && val == NULL) {
+		if (c->kind == CONFIG_OPTIONAL && val == NULL && i + 1 < argc &&
+		    argv[i + 1][0] != '-')
+			val = argv[++i];
+		if (c->kind != CONFIG_FLAG && c->kind != CONFIG_OPTIONAL &&
+		    val == NULL) {
 			if (i + 1 >= argc)
 				config_usage_error("this option needs a value:",
 				    argv[i]);
@@ -6392,19 +7052,19 @@ config_parse_args(int argc, char **argv)
  * select() cannot watch them.
  */
 static void
-start_close_inherited(void)
+start_close_inherited(int first)
 {
 	struct rlimit rl;
 	long fd, max = 1L << 20;
 
 #ifdef SYS_close_range
-	if (syscall(SYS_close_range, 3u, ~0u, 0u) == 0)
+	if (syscall(SYS_close_range, (unsigned)first, ~0u, 0u) == 0)
 		return;		/* Linux 5.9 and later */
 #endif
 	/* Without it, what matters: those select() could watch. */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)max)
 		max = (long)rl.rlim_cur;
-	for (fd = 3; fd < max && fd < FD_SETSIZE; fd++)
+	for (fd = first; fd < max && fd < FD_SETSIZE; fd++)
 		close((int)fd);
 }
 
@@ -6418,6 +7078,245 @@ start_is_wildcard(const union sockaddr_u *a)
 		return a->sin.sin_addr.s_addr == htonl(INADDR_ANY);
 	return memcmp(&a->sin6.sin6_addr, zero, 16) == 0;
 }
+
+/*
+ * Socket activation (sd_listen_fds(3)): when LISTEN_PID is ours, the
+ * LISTEN_FDS sockets from descriptor 3 on are the listeners, datagram and
+ * stream, paired by address; --listen is then not used. The unit needs
+ * no capability, and a restart queues queries in the kernel. Returns how
+ * many there are.
+ */
+static int
+start_activated_count(void)
+{
+	const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+	unsigned long p, n;
+
+	if (pid == NULL || fds == NULL ||
+	    util_parse_uint(pid, 1, 0x7FFFFFFF, &p) < 0 ||
+	    p != (unsigned long)getpid() ||
+	    util_parse_uint(fds, 1, 2 * MAX_LISTENERS, &n) < 0)
+		return 0;
+	return (int)n;
+}
+
+static void
+start_adopt_listeners(int n)
+{
+	int fd;
+
+	for (fd = 3; fd < 3 + n; fd++) {
+		union sockaddr_u a;
+		socklen_t alen = sizeof a, tlen = sizeof(int);
+		int type, flags = fcntl(fd, F_GETFL);
+		struct listener *l = NULL;
+		size_t i;
+
+		if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 ||
+		    getsockname(fd, &a.sa, &alen) < 0 || flags < 0 ||
+		    (a.sa.sa_family != AF_INET && a.sa.sa_family != AF_INET6) ||
+		    (type != SOCK_DGRAM && type != SOCK_STREAM))
+			die("LISTEN_FDS: descriptor %d is not a UDP or TCP "
+			    "socket", fd);
+		fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+		fcntl(fd, F_SETFD, FD_CLOEXEC);
+		for (i = 0; i < g.n_listeners && l == NULL; i++)
+			if (g.listeners[i].addrlen == alen &&
+			    memcmp(&g.listeners[i].addr, &a, alen) == 0)
+				l = &g.listeners[i];
+		if (l == NULL) {
+			if (g.n_listeners == MAX_LISTENERS)
+				die("LISTEN_FDS: more than %d addresses",
+				    MAX_LISTENERS);
+			l = &g.listeners[g.n_listeners++];
+			l->addr = a;
+			l->addrlen = alen;
+			l->udp_fd = l->tcp_fd = -1;
+			l->wildcard = start_is_wildcard(&a);
+		}
+		if (type == SOCK_DGRAM) {
+			l->udp_fd = fd;
+			if (l->wildcard)
+				udp_enable_pktinfo(fd, a.sa.sa_family);
+		} else {
+			l->tcp_fd = fd;
+		}
+	}
+	log_info("listening on %d socket%s from the service manager", n,
+	    n == 1 ? "" : "s");
+}
+
+/*
+ * The service manager's protocol (sd_notify(3), no libsystemd): the unix
+ * datagram socket NOTIFY_SOCKET names ("@" for the abstract namespace),
+ * connected before any chroot; and its watchdog, WATCHDOG_USEC, fed at
+ * half that by the loop itself.
+ */
+static void
+start_notify(void)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	const char *wd = getenv("WATCHDOG_USEC"), *wpid = getenv("WATCHDOG_PID");
+	struct sockaddr_un sun;
+	unsigned long v;
+	size_t n;
+	int fd;
+
+	if (path == NULL || (path[0] != '/' && path[0] != '@') ||
+	    (n = strlen(path)) >= sizeof sun.sun_path)
+		return;
+	memset(&sun, 0, sizeof sun);
+	sun.sun_family = AF_UNIX;
+	memcpy(sun.sun_path, path, n);
+	if (path[0] == '@')
+		sun.sun_path[0] = '\0';
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sun,
+	    (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n)) < 0) {
+		log_warn("NOTIFY_SOCKET %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	g_log.notify_fd = fd;
+	if (wpid != NULL && (util_parse_uint(wpid, 1, 0x7FFFFFFF, &v) < 0 ||
+	    v != (unsigned long)getpid()))
+		return;			/* the watchdog is another process's */
+	if (wd != NULL && util_parse_uint(wd, 1, 0xFFFFFFFFUL, &v) == 0)
+		g_log.watchdog_ms = (int64_t)(v / 2000 ? v / 2000 : 1);
+}
+
+/* Where logs go: journald's stream (JOURNAL_STREAM names our stderr:
+ * lines get <N> level prefixes), or --syslog's /dev/log. */
+static void
+start_logging(int want_syslog)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	struct sockaddr_un sun = { AF_UNIX, "/dev/log" };
+	struct stat st;
+	unsigned long dev, ino;
+	const char *colon;
+	char buf[32];
+	int fd;
+
+	if (js != NULL && (colon = strchr(js, ':')) != NULL &&
+	    (size_t)(colon - js) < sizeof buf && fstat(2, &st) == 0) {
+		memcpy(buf, js, (size_t)(colon - js));
+		buf[colon - js] = '\0';
+		g_log.journal = util_parse_uint(buf, 0, ~0UL, &dev) == 0 &&
+		    util_parse_uint(colon + 1, 0, ~0UL, &ino) == 0 &&
+		    dev == (unsigned long)st.st_dev &&
+		    ino == (unsigned long)st.st_ino;
+	}
+	if (!want_syslog)
+		return;
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
+		log_warn("--syslog: /dev/log: %s: logging to stderr",
+		    strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	g_log.syslog_fd = fd;
+}
+
+/* --http: opens its listener (PORT alone means 127.0.0.1@PORT). */
+static void
+start_http(const char *spec)
+{
+	char buf[64];
+	union sockaddr_u a;
+	socklen_t alen;
+	int fd, one = 1;
+	size_t i;
+	unsigned long port;
+
+	if (util_parse_uint(spec, 1, 65535, &port) == 0) {
+		util_fmt(buf, sizeof buf, "127.0.0.1@%lu", port);
+		spec = buf;
+	}
+	if (config_parse_addr(spec, 0, &a, &alen) < 0 ||
+	    (a.sa.sa_family == AF_INET ? a.sin.sin_port : a.sin6.sin6_port) ==
+	    0)
+		die("bad --http '%s' (want PORT, IP@PORT, IPv4:PORT or "
+		    "[IPv6]:PORT)", spec);
+	fd = socket(a.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    0);
+	if (fd >= 0)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (fd < 0 || fd >= FD_SETSIZE || bind(fd, &a.sa, alen) < 0 ||
+	    listen(fd, 16) < 0)
+		die("cannot serve --http on %s: %s", spec, strerror(errno));
+	g.http_fd = fd;
+	for (i = 0; i < MAX_HTTP_CLIENTS; i++) {
+		g.http[i].fd = -1;
+		g.http[i].in = g.http_in[i];
+		g.http[i].out = g.http_out[i];
+	}
+	util_format_addr(&a, buf, sizeof buf);
+	log_info("serving /health, /ready and /metrics on http://%s", buf);
+}
+
+/*
+ * --probe: asks the dotproxy at spec (default 127.0.0.1@53) for
+ * "localhost. A", which it answers itself, over UDP. Returns 0 if an
+ * answer to that question comes within PROBE_WAIT_MS, else 1 (a health
+ * check for an image without a shell: Docker's HEALTHCHECK, a Kubernetes
+ * exec probe).
+ */
+static int
+start_probe(const char *spec)
+{
+	static const unsigned char q[] = {
+		0, 0, DNS_FLAG_RD, 0, 0, 1, 0, 0, 0, 0, 0, 0,
+		9, 'l', 'o', 'c', 'a', 'l', 'h', 'o', 's', 't', 0, 0, 1, 0, 1,
+	};
+	unsigned char buf[512];
+	union sockaddr_u a;
+	socklen_t alen;
+	int64_t end = time_now_ms() + PROBE_WAIT_MS;
+	uint16_t id;
+	int fd;
+
+	if (spec == NULL)
+		spec = "127.0.0.1@53";
+	if (config_parse_addr(spec, DEFAULT_PORT, &a, &alen) < 0)
+		die("bad --probe '%s' (want IP, IP@PORT, IPv4:PORT or "
+		    "[IPv6]:PORT)", spec);
+	fd = socket(a.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	memcpy(buf, q, sizeof q);
+	if (fd < 0 || fd >= FD_SETSIZE || util_random(&id, sizeof id) < 0 ||
+	    connect(fd, &a.sa, alen) < 0 || (put16(buf, id),
+	    send(fd, buf, sizeof q, 0)) < 0)
+		die("--probe %s: %s", spec, strerror(errno));
+	for (;;) {
+		int64_t left = end - time_now_ms();
+		struct timeval tv;
+		fd_set rd;
+		ssize_t n;
+
+		if (left <= 0)
+			break;
+		tv.tv_sec = (time_t)(left / 1000);
+		tv.tv_usec = (suseconds_t)(left % 1000 * 1000);
+		FD_ZERO(&rd);
+		FD_SET(fd, &rd);
+		if (select(fd + 1, &rd, NULL, NULL, &tv) <= 0)
+			continue;
+		n = recv(fd, buf, sizeof buf, 0);
+		if (n >= (ssize_t)sizeof q && get16(buf) == id &&
+		    (buf[2] & DNS_FLAG_QR) &&
+		    dns_question_equal(buf, sizeof q, q, sizeof q))
+			return 0;
+		if (n < 0 && errno != EINTR)
+			break;		/* refused: nobody listens there */
+	}
+	log_error("--probe: no answer from %s within %d ms", spec,
+	    PROBE_WAIT_MS);
+	return 1;
+}
+
 
 /*
  * Opens the UDP and TCP sockets of a listener. Fatal on error, except
@@ -6579,10 +7478,13 @@ start_drop_privileges(const char *dir, long uid, long gid)
 static void
 start_up(const struct start_opts *o)
 {
+	int activated = start_activated_count();
 	const char *env;
 	size_t i;
 
-	start_close_inherited();
+	start_close_inherited(3 + activated);
+	start_logging(o->syslog);
+	start_notify();
 	if (g.n_upstreams == 0) {
 		env = getenv("DOT_SERVER");
 		if (env != NULL)
@@ -6615,12 +7517,16 @@ start_up(const struct start_opts *o)
 	pending_init();
 	client_init();
 	start_signals();
-	if (o->n_listen == 0) {
+	if (activated != 0) {
+		start_adopt_listeners(activated);
+	} else if (o->n_listen == 0) {
 		start_listener("0.0.0.0@53", 0);
 		start_listener("::@53", 1);
 	}
-	for (i = 0; i < o->n_listen; i++)
+	for (i = 0; i < o->n_listen && activated == 0; i++)
 		start_listener(o->listen_specs[i], 0);
+	if (o->http_spec != NULL)
+		start_http(o->http_spec);
 	if (g.n_allow == 0)
 		acl_add_defaults();
 	start_drop_privileges(o->chroot_dir, o->uid, o->gid);
@@ -6638,7 +7544,8 @@ start_stop(void)
 		if (g.clients[i].state != CLIENT_FREE)
 			client_close(&g.clients[i]);
 	for (i = 0; i < g.n_listeners; i++)
-		close(g.listeners[i].udp_fd);
+		if (g.listeners[i].udp_fd >= 0)
+			close(g.listeners[i].udp_fd);
 }
 
 /* ==== main ============================================================ */
@@ -6649,11 +7556,15 @@ main(int argc, char **argv)
 {
 	config_defaults();
 	config_parse_args(argc, argv);
+	if (config.probe)
+		return start_probe(config.probe_spec);
 	start_up(&config);
 	log_info("ready: %zu listener%s, %zu upstream%s (first: %s), "
 	    "%zu trust anchor%s", g.n_listeners, g.n_listeners == 1 ? "" : "s",
 	    g.n_upstreams, g.n_upstreams == 1 ? "" : "s",
 	    g.upstreams[0].label, g.n_tas, g.n_tas == 1 ? "" : "s");
+	util_notify("READY=1\nSTATUS=listening; %zu upstream%s, none verified "
+	    "yet", g.n_upstreams, g.n_upstreams == 1 ? "" : "s");
 	loop_run();
 	start_stop();
 	log_info("stopped");

@@ -18,6 +18,7 @@ from helpers import a_addrs, free_port, query_udp, run_dotproxy
 
 K8S = os.path.join(helpers.REPO, "kubernetes", "dotproxy.yaml")
 UNIT = os.path.join(helpers.REPO, "systemd", "dotproxy.service")
+SOCKET_UNIT = os.path.join(helpers.REPO, "systemd", "dotproxy.socket")
 EXAMPLE = {"192.0.2.10", "192.0.2.11"}
 
 MEM = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "": 1}
@@ -192,14 +193,16 @@ def unit_settings(path=UNIT):
 
 
 def test_unit_hardening():
+    """The sandbox, and no capability at all: the sockets come from dotproxy.socket."""
     s = unit_settings()
+    assert "AmbientCapabilities" not in s, s.get("AmbientCapabilities")
     want = {
-        "DynamicUser": "yes", "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
-        "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE", "NoNewPrivileges": "yes",
+        "DynamicUser": "yes", "CapabilityBoundingSet": "", "NoNewPrivileges": "yes",
+        "Type": "notify", "NotifyAccess": "main", "Requires": "dotproxy.socket",
         "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
         "PrivateDevices": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
         "ProtectKernelLogs": "yes", "ProtectControlGroups": "yes", "ProtectClock": "yes",
-        "ProtectHostname": "yes", "RestrictAddressFamilies": "AF_INET AF_INET6",
+        "ProtectHostname": "yes", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
         "RestrictNamespaces": "yes", "LockPersonality": "yes", "MemoryDenyWriteExecute": "yes",
         "RestrictRealtime": "yes", "RestrictSUIDSGID": "yes", "SystemCallArchitectures": "native",
         "UMask": "077", "Restart": "on-failure", "KillSignal": "SIGTERM",
@@ -213,30 +216,43 @@ def test_unit_hardening():
     assert "-/etc/default/dotproxy" in s["EnvironmentFile"]
     stop = s["TimeoutStopSec"][0]
     assert stop.endswith("s") and int(stop[:-1]) >= 5, stop
+    wd = s["WatchdogSec"][0]
+    assert wd.endswith("s") and int(wd[:-1]) >= 10, wd
 
 
 def test_unit_default_listens_on_loopback_only():
+    """The sockets systemd opens for it (dotproxy.socket) are loopback ones, UDP and
+    TCP alike; the service passes no -l (dotproxy takes the sockets it is given)."""
     env = " ".join(unit_settings()["Environment"])
-    listens = re.findall(r"-l (\S+?)[\"\s]", env + " ")
-    assert listens and all(l.startswith(("127.", "::1")) for l in listens), listens
+    assert "-l " not in env and "--listen" not in env, env
+    sock = unit_settings(SOCKET_UNIT)
+    for key in ("ListenDatagram", "ListenStream"):
+        addrs = sock.get(key, [])
+        assert addrs and all(a.startswith(("127.", "[::1]")) for a in addrs), (key, addrs)
+    assert sorted(sock["ListenDatagram"]) == sorted(sock["ListenStream"]), sock
 
 
 @pytest.fixture
 def unit_copy(tmp_path, dotproxy_bin):
-    """The unit, with ExecStart pointing at the built binary (verify wants it to exist)."""
+    """The unit, with ExecStart pointing at the built binary (verify wants it to exist),
+    next to a copy of dotproxy.socket (which it requires)."""
     text = open(UNIT).read().replace("/usr/local/bin/dotproxy", dotproxy_bin)
     path = tmp_path / "dotproxy.service"
     path.write_text(text)
+    (tmp_path / "dotproxy.socket").write_text(open(SOCKET_UNIT).read())
     return path
 
 
 def test_unit_verifies(unit_copy):
     sa = shutil.which("systemd-analyze")
     assert sa, "systemd-analyze missing (tests/deps.sh test installs systemd)"
-    r = subprocess.run([sa, "verify", str(unit_copy)], capture_output=True, text=True)
+    sock = unit_copy.parent / "dotproxy.socket"
+    r = subprocess.run([sa, "verify", str(sock), str(unit_copy)], capture_output=True,
+                       text=True, cwd=str(unit_copy.parent))
     assert r.returncode == 0, r.stderr
     # verify warns about unknown keys or bad values with exit status 0: none allowed
-    complaints = [l for l in (r.stdout + r.stderr).splitlines() if unit_copy.name in l]
+    complaints = [l for l in (r.stdout + r.stderr).splitlines()
+                  if unit_copy.name in l or sock.name in l]
     assert not complaints, complaints
 
 
@@ -264,4 +280,4 @@ def test_unit_security_score(unit_copy):
         pytest.skip("this systemd-analyze has no security --offline: %s" % r.stderr.strip())
     score = float(m.group(1))
     print("systemd-analyze security: %.1f" % score)
-    assert score < 5.0  # generous: "MEDIUM" or worse would mean the sandbox fell off
+    assert score <= 1.6, "worse than before socket activation (1.6): %.1f" % score

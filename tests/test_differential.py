@@ -974,6 +974,10 @@ ALLOWED = {
                          'and NOTIMP',
     "qdcount-not-one": 'decision: a query with QDCOUNT != 1 gets FORMERR (RFC 9619) with no '
                        'question echoed (the questions cannot be trusted); unbound echoes them',
+    "ede-own-answers": 'decision (README, "Observe it"): every answer dotproxy makes itself '
+                       'carries an Extended DNS Error for EDNS clients (RFC 8914): 0 for a '
+                       'special-use name, 21 for another class there, 18 REFUSED by --allow, '
+                       '22/23 SERVFAIL, 3 stale',
     "query-records-dropped": 'spec, "What goes to the upstream": "Everything else the client '
                              'sent is dropped: ... any record in the answer/authority/additional '
                              'sections other than its OPT" (dotproxy must then answer as unbound '
@@ -999,7 +1003,10 @@ def negative_ttl(ub):
     return None
 
 
-def expect_common(case, dp, problems):
+OWN_EDE = {0, 3, 18, 21, 22, 23}     # the Extended DNS Errors dotproxy adds to its own answers
+
+
+def expect_common(case, dp, problems, ede=()):
     if "unparsable" in dp:
         problems.append(("unparsable", dp["unparsable"]))
         return False
@@ -1013,8 +1020,10 @@ def expect_common(case, dp, problems):
         else:
             if dp["opt"]["do"] != case.do:
                 problems.append(("opt.do", dp["opt"]["do"], case.do))
-            if dp["opt"]["options"]:
-                problems.append(("opt.options", dp["opt"]["options"]))
+            codes = [int(h[:4], 16) for c, h in dp["opt"]["options"] if c == OPT_EDE]
+            other = [o for o in dp["opt"]["options"] if o[0] != OPT_EDE]
+            if other or sorted(codes) != sorted(ede):
+                problems.append(("opt.options", dp["opt"]["options"], "EDE %s" % list(ede)))
     elif case.edns is None and dp["opt"] is not None:
         problems.append(("opt", "present, the query had none"))
     return True
@@ -1025,7 +1034,8 @@ def spec_special(case, dp):
     special-use name ([] = as the spec says)."""
     zone = special_zone(case.name)
     problems = []
-    if not expect_common(case, dp, problems):
+    if not expect_common(case, dp, problems,
+                         ede=(0,) if case.rdclass == dns.rdataclass.IN else (21,)):
         return problems
     owner = case.name.lower().rstrip(".") + "."
     t = dns.rdatatype.to_text(case.rdtype)
@@ -1103,6 +1113,9 @@ def classify(case, field, dpv, ubv, ub):
     """The ALLOWED key a single difference falls under, or None."""
     if field == "aa" and dpv is False and ubv is True:
         return "aa-forwarded"
+    if field == "opt.ede" and ubv == [] and dpv and \
+            all(int(e.split()[0]) in OWN_EDE for e in dpv):
+        return "ede-own-answers"
     if field == "ra" and dpv is True and ubv is False and ub.get("rcode") in ("FORMERR",
                                                                               "NOTIMP"):
         return "ra-on-own-answers"
