@@ -159,6 +159,20 @@
 #define CACHE_MAX_TTL_S		86400	/* --cache-max-ttl */
 #define CACHE_NEG_MAX_TTL_S	3600	/* NXDOMAIN/NODATA cap (RFC 2308 5) */
 #define STALE_TTL_S		30	/* TTL of a stale answer (RFC 8767 4) */
+#define STALE_TIMEOUT_MS	1800	/* RFC 8767 5: answer stale after this
+					 * wait (with --serve-stale), refresh
+					 * meanwhile; --stale-timeout */
+#define PREFETCH_PCT		10	/* refresh a hit in the last 10 % of its
+					 * TTL (unbound's prefetch); --prefetch */
+#define PREFETCH_MIN_TTL_S	10	/* shorter TTLs are not prefetched */
+#define PREFETCH_MIN_FREE	(MAX_PENDING / 4)	/* pending slots a
+					 * prefetch leaves to clients' queries */
+#define HEDGE_PCT		5	/* hedges: at most 5 % of queries more;
+					 * --hedge-percent */
+#define HEDGE_FLOOR_MS		20	/* a hedge waits the upstream's round
+					 * trip and four deviations, at least
+					 * this (and less than a stall) */
+#define HEDGE_BURST		10	/* hedges that may go at once */
 
 #define QUERY_TIMEOUT_MS	4000	/* dig gives up at 5 s; answer first;
 					 * --timeout */
@@ -240,6 +254,8 @@ enum pending_state {
 	PENDING_QUEUED,		/* waiting for its upstream to be READY */
 	PENDING_SENT,		/* written into the TLS engine, or sent to a
 				 * zone server */
+	PENDING_FOLLOWING,	/* on no route: takes its leader's answer
+				 * (the same question in flight: coalesced) */
 };
 
 /* Where a pending query went: its route says which section owns it. */
@@ -252,7 +268,11 @@ enum route_kind {
 enum origin_kind {
 	ORIGIN_UDP,
 	ORIGIN_TCP,
-	ORIGIN_PROBE,			/* dotproxy's own: nobody to answer */
+	ORIGIN_PROBE,			/* dotproxy's own test of a failed
+					 * upstream: nobody to answer */
+	ORIGIN_REFRESH,			/* a cache refresh (prefetch, or a
+					 * query answered stale meanwhile):
+					 * nobody to answer, the cache to fill */
 };
 
 /*
@@ -313,6 +333,17 @@ struct id_map {
 	int16_t slot[ID_MAP_SLOTS];	/* -1: empty */
 };
 
+/* A list of pending slots through one pair of their links (struct
+ * pq_link at a given offset in struct pending_query): pq_append,
+ * pq_unlink, pq_replace. */
+struct pq_list {
+	int head, tail;			/* -1: empty */
+};
+
+struct pq_link {
+	int16_t prev, next;
+};
+
 struct upstream {
 	enum upstream_state state;
 	int fd;
@@ -336,6 +367,8 @@ struct upstream {
 	int64_t probe_ms;		/* last probe while failing */
 	unsigned backoff_ms;
 	int queue_head, queue_tail;	/* FIFO of QUEUED pending slots */
+	struct pq_list hedge;		/* SENT slots not yet weighed for a
+					 * hedge, in send order */
 	size_t inflight;		/* SENT slots on this connection */
 	int answered;			/* an answer came on this connection */
 	unsigned long n_queries, n_connects, n_failures, n_resumed;
@@ -384,8 +417,23 @@ struct stats {
 	unsigned long answers[STATS_RCODES];
 	unsigned long latency[STATS_BUCKETS + 1];
 	unsigned long long latency_sum_ms;
-	unsigned long refused, dropped, local, hedged;
+	unsigned long refused, dropped, local;
+	unsigned long hedged;		/* twins: suspect upstream, or hedging */
+	unsigned long hedges_capped;	/* hedges not sent: --hedge-percent */
+	unsigned long coalesced;	/* queries that took another's answer */
+	unsigned long prefetched;	/* refreshes started by a hit */
+	unsigned long stale_timer;	/* stale answers after --stale-timeout */
 };
+
+/*
+ * Pending query. A leader (a query that went out) may have followers:
+ * later queries with the same question and cache key, which wait in
+ * state FOLLOWING on its list and take its answer (or its failure). A
+ * follower is never indexed, never has a twin nor followers of its own.
+ */
+#define PQ_INDEXED	1		/* in the coalescing index */
+#define PQ_STALE_WATCH	2		/* on the stale watch list */
+#define PQ_HEDGE_WATCH	4		/* on its upstream's hedge watch list */
 
 struct pending_query {
 	enum pending_state state;
@@ -393,12 +441,20 @@ struct pending_query {
 	uint8_t route_idx;		/* ... and which upstream or zone */
 	uint8_t attempts;
 	uint8_t cache_key;		/* see cache_key() */
+	uint8_t flags;			/* PQ_* */
 	int16_t zudp, ztcp;		/* zone UDP socket, TCP connection */
 	int16_t twin;			/* the same query asked of another
 					 * upstream (the first answer wins), -1 */
+	int16_t leader;			/* FOLLOWING: whose answer it takes */
+	int16_t coal_next;		/* coalescing index bucket chain */
+	int followers;			/* first follower (linked by next), -1 */
+	struct pq_link stale_link;	/* g.stale: arrival order */
+	struct pq_link hedge_link;	/* its upstream's hedge: send order */
 	uint16_t up_id;			/* ID of the query as sent */
 	uint16_t qlen;
-	int next;			/* upstream FIFO link */
+	uint32_t hash;			/* cache_hash(): the coalescing index */
+	int next;			/* upstream FIFO link, or the next
+					 * follower of the same leader */
 	int age_prev, age_next;		/* age list, oldest first */
 	int64_t deadline_ms;
 	int64_t sent_ms;		/* last written to a connection */
@@ -447,6 +503,7 @@ struct cache_entry {
 					 * (0: none; it is last), the end of
 					 * the authority section */
 	uint8_t key;			/* DO, CD, RD bits and source */
+	uint8_t prefetched;		/* a refresh was started (once) */
 	int64_t stored_ms;
 	uint32_t ttl_s;			/* lifetime from stored_ms */
 };
@@ -539,6 +596,15 @@ static struct proxy {
 	int free_stack[MAX_PENDING];
 	size_t n_free;
 	int age_head, age_tail;
+	int16_t coal[MAX_PENDING];	/* coalescing index: leader by
+					 * cache_hash, chained by coal_next */
+	struct pq_list stale;		/* queries that a stale answer waits
+					 * for (--stale-timeout), by arrival */
+	int no_coalesce;		/* --no-coalesce */
+	unsigned prefetch_pct;		/* --prefetch; 0 = off */
+	unsigned stale_timeout_ms;	/* --stale-timeout; 0 = off */
+	unsigned hedge_pct;		/* --hedge-percent; 0 = off */
+	unsigned hedge_tokens;		/* in hundredths of a hedge */
 	struct client_conn clients[MAX_TCP_CLIENTS];
 	/* Buffers apart from the structs that own them, so that setting up
 	 * a struct does not touch (and make resident) its buffer's pages. */
@@ -2516,7 +2582,8 @@ acl_add_defaults(void)
 /*
  * The only writer of a slot's state. FREE -> QUEUED (pending_alloc),
  * QUEUED -> SENT (written into a TLS engine, or sent to a zone server),
- * SENT -> QUEUED (its connection went: it is sent again), any -> FREE
+ * SENT -> QUEUED (its connection went: it is sent again), QUEUED ->
+ * FOLLOWING (the same question is in flight: query_follow), any -> FREE
  * (pending_free, once its route has let go of it).
  */
 static void
@@ -2538,6 +2605,9 @@ pending_init(void)
 		g.free_stack[g.n_free++] = i;
 	}
 	g.age_head = g.age_tail = -1;
+	for (i = 0; i < MAX_PENDING; i++)
+		g.coal[i] = -1;
+	g.stale.head = g.stale.tail = -1;
 }
 
 /* Takes a free slot, puts it last on the age list. Returns -1 if full. */
@@ -2555,7 +2625,9 @@ pending_alloc(void)
 	p->route = ROUTE_NONE;
 	p->attempts = 0;
 	p->next = -1;
-	p->zudp = p->ztcp = p->twin = -1;
+	p->zudp = p->ztcp = p->twin = p->leader = -1;
+	p->followers = -1;
+	p->flags = 0;
 	p->deadline_ms = g.now_ms + g.query_timeout_ms;
 	p->age_next = -1;
 	p->age_prev = g.age_tail;
@@ -2591,11 +2663,144 @@ pending_age_after(int slot, int after)
 	a->age_next = slot;
 }
 
-/* Returns a slot to the free stack. It MUST be detached (ROUTE_NONE). */
+/* The pair of links at off (offsetof a struct pq_link) of a slot. */
+static struct pq_link *
+pq_link(int slot, size_t off)
+{
+	return (struct pq_link *)(void *)((char *)&g.pending[slot] + off);
+}
+
+/* Appends a slot to a list through its links at off. */
+static void
+pq_append(struct pq_list *l, size_t off, int slot)
+{
+	struct pq_link *k = pq_link(slot, off);
+
+	k->prev = (int16_t)l->tail;
+	k->next = -1;
+	if (l->tail >= 0)
+		pq_link(l->tail, off)->next = (int16_t)slot;
+	else
+		l->head = slot;
+	l->tail = slot;
+}
+
+/* Takes a slot off a list through its links at off. */
+static void
+pq_unlink(struct pq_list *l, size_t off, int slot)
+{
+	struct pq_link *k = pq_link(slot, off);
+
+	if (k->prev >= 0)
+		pq_link(k->prev, off)->next = k->next;
+	else
+		l->head = k->next;
+	if (k->next >= 0)
+		pq_link(k->next, off)->prev = k->prev;
+	else
+		l->tail = k->prev;
+}
+
+/* Puts slot nu in old's place on a list (a twin taking over). */
+static void
+pq_replace(struct pq_list *l, size_t off, int old, int nu)
+{
+	struct pq_link *k = pq_link(old, off), *n = pq_link(nu, off);
+
+	*n = *k;
+	if (k->prev >= 0)
+		pq_link(k->prev, off)->next = (int16_t)nu;
+	else
+		l->head = nu;
+	if (k->next >= 0)
+		pq_link(k->next, off)->prev = (int16_t)nu;
+	else
+		l->tail = nu;
+}
+
+#define PQ_STALE	offsetof(struct pending_query, stale_link)
+#define PQ_HEDGE	offsetof(struct pending_query, hedge_link)
+
+/*
+ * The coalescing index: queries that went out (leaders), by the hash of
+ * their question and cache key (cache_hash), newest first in a chain, so
+ * that a later query with the same question and key can wait for the
+ * same answer (query_follow) instead of asking again.
+ */
+static void
+pending_index(int slot, uint32_t hash)
+{
+	struct pending_query *p = &g.pending[slot];
+	int16_t *b = &g.coal[hash & (MAX_PENDING - 1)];
+
+	p->hash = hash;
+	p->coal_next = *b;
+	*b = (int16_t)slot;
+	p->flags |= PQ_INDEXED;
+}
+
+static void
+pending_unindex(int slot)
+{
+	struct pending_query *p = &g.pending[slot];
+	int16_t *link = &g.coal[p->hash & (MAX_PENDING - 1)];
+
+	if (!(p->flags & PQ_INDEXED))
+		return;
+	while (*link != slot)
+		link = &g.pending[*link].coal_next;
+	*link = p->coal_next;
+	p->flags &= (uint8_t)~PQ_INDEXED;
+}
+
+/* The newest leader of a question (m up to qend) and key, or -1. */
+static int
+pending_find_leader(const unsigned char *m, size_t qend, uint8_t key,
+    uint32_t hash)
+{
+	int slot;
+
+	for (slot = g.coal[hash & (MAX_PENDING - 1)]; slot >= 0;
+	    slot = g.pending[slot].coal_next) {
+		const struct pending_query *p = &g.pending[slot];
+
+		if (p->hash == hash && p->cache_key == key &&
+		    dns_question_equal(p->query, p->qi.qend, m, qend))
+			return slot;
+	}
+	return -1;
+}
+
+/* The stale watch (--stale-timeout): a query that a stale answer waits
+ * for, in arrival order, so the first to be due is the head. */
+static void
+pending_stale_watch(int slot)
+{
+	pq_append(&g.stale, PQ_STALE, slot);
+	g.pending[slot].flags |= PQ_STALE_WATCH;
+}
+
+static void
+pending_stale_unwatch(int slot)
+{
+	if (!(g.pending[slot].flags & PQ_STALE_WATCH))
+		return;
+	pq_unlink(&g.stale, PQ_STALE, slot);
+	g.pending[slot].flags &= (uint8_t)~PQ_STALE_WATCH;
+}
+
+/*
+ * Returns a slot to the free stack (and out of the coalescing index and
+ * the stale watch). It MUST be detached (ROUTE_NONE), have no followers
+ * and follow nobody.
+ */
 static void
 pending_free(int slot)
 {
 	struct pending_query *p = &g.pending[slot];
+
+	pending_unindex(slot);
+	pending_stale_unwatch(slot);
 
 	if (p->age_prev >= 0)
 		g.pending[p->age_prev].age_next = p->age_next;
@@ -3014,7 +3219,8 @@ cache_store(const unsigned char *m, size_t len, size_t qend, uint8_t key,
  */
 static void query_deliver(int slot, const unsigned char *answer, size_t len);
 static void query_fail(int slot, int rcode);
-static void query_hedge(int slot);
+static int query_hedge(int slot);
+static void query_hedge_slow(int slot);
 static void query_probe(struct upstream *u);
 static void observe_status(void);
 static void query_receive(const unsigned char *msg, size_t len,
@@ -3501,6 +3707,7 @@ upstream_tls_init(struct upstream *u)
 	br_ssl_engine_add_flags(eng, BR_OPT_NO_RENEGOTIATION);
 	u->fd = -1;
 	u->queue_head = u->queue_tail = -1;
+	u->hedge.head = u->hedge.tail = -1;
 	u->backoff_ms = BACKOFF_MIN_MS;
 	u->state = UPSTREAM_DISCONNECTED;
 	u->has_session = 0;		/* nothing to resume before a handshake */
@@ -3561,10 +3768,10 @@ upstream_retry_now(struct upstream *u)
 	upstream_set_state(u, UPSTREAM_DISCONNECTED);
 }
 
-/* Returns the first upstream (in preference order) that may be used, or
- * -1 if every one is backing off. */
+/* Returns the first upstream (in preference order) that may be used,
+ * other than except (-1: any), or -1 if every one is backing off. */
 static int
-upstream_pick(void)
+upstream_pick_except(int except)
 {
 	int i, best = -1, rank = 3;
 
@@ -3575,7 +3782,7 @@ upstream_pick(void)
 		 * suspect one. In preference order within each. */
 		int r = u->suspect ? 2 : u->failing ? 1 : 0;
 
-		if (u->state != UPSTREAM_BACKOFF && r < rank) {
+		if (u->state != UPSTREAM_BACKOFF && r < rank && i != except) {
 			best = i;
 			rank = r;
 		}
@@ -3583,6 +3790,11 @@ upstream_pick(void)
 	return best;
 }
 
+static int
+upstream_pick(void)
+{
+	return upstream_pick_except(-1);
+}
 
 static int upstream_connect(struct upstream *u);
 
@@ -3605,6 +3817,35 @@ upstream_enqueue(struct upstream *u, int slot)
 		upstream_connect(u);
 }
 
+/*
+ * The hedge watch of an upstream: the queries sent on it, in send order,
+ * until each is answered, or has waited upstream_hedge_ms() and was
+ * weighed for a hedge (upstream_timers). Only with more than one
+ * upstream, --hedge-percent, and a round trip measured.
+ */
+static void
+upstream_hedge_watch(struct upstream *u, int slot)
+{
+	struct pending_query *p = &g.pending[slot];
+
+	if (g.hedge_pct == 0 || g.n_upstreams < 2 || p->twin >= 0 ||
+	    p->from.kind == ORIGIN_PROBE || u->srtt_ms + u->rttvar_ms == 0)
+		return;
+	pq_append(&u->hedge, PQ_HEDGE, slot);
+	p->flags |= PQ_HEDGE_WATCH;
+}
+
+static void
+upstream_hedge_unwatch(struct upstream *u, int slot)
+{
+	struct pending_query *p = &g.pending[slot];
+
+	if (!(p->flags & PQ_HEDGE_WATCH))
+		return;
+	pq_unlink(&u->hedge, PQ_HEDGE, slot);
+	p->flags &= (uint8_t)~PQ_HEDGE_WATCH;
+}
+
 /* Detaches a slot from its upstream (its queue, or the connection's
  * in-flight count and ID map: the ID stays used) so that the query
  * section can answer it and free it. */
@@ -3618,6 +3859,7 @@ upstream_detach(int slot)
 	if (p->state == PENDING_SENT) {
 		u->inflight--;
 		idmap_drop(&u->ids, p->up_id);
+		upstream_hedge_unwatch(u, slot);
 		return;
 	}
 	for (cur = u->queue_head; cur >= 0; prev = cur,
@@ -3664,6 +3906,7 @@ upstream_teardown(struct upstream *u)
 		int slot = slots[--n];
 		struct pending_query *p = &g.pending[slot];
 
+		upstream_hedge_unwatch(u, slot);
 		if (p->attempts >= MAX_ATTEMPTS) {
 			p->route = ROUTE_NONE;	/* detached just above */
 			query_fail(slot, DNS_RCODE_SERVFAIL);
@@ -3947,6 +4190,30 @@ upstream_stall_ms(const struct upstream *u)
 	return d < STALL_FLOOR_MS ? STALL_FLOOR_MS : d > ceil ? ceil : d;
 }
 
+/*
+ * How long a query waits on u before it is also asked of another
+ * upstream (a hedge, capped by --hedge-percent): u's usual round trip
+ * and four deviations, at least HEDGE_FLOOR_MS, at most the stall time
+ * (beyond which the whole connection is suspect).
+ */
+static int64_t
+upstream_hedge_ms(const struct upstream *u)
+{
+	int64_t d = u->srtt_ms + 4 * u->rttvar_ms, stall = upstream_stall_ms(u);
+
+	d = d < HEDGE_FLOOR_MS ? HEDGE_FLOOR_MS : d;
+	return d < stall ? d : stall;
+}
+
+/* When the oldest query sent on u not yet weighed for a hedge is due,
+ * or INT64_MAX. */
+static int64_t
+upstream_hedge_due(const struct upstream *u)
+{
+	return u->hedge.head < 0 ? INT64_MAX :
+	    g.pending[u->hedge.head].sent_ms + upstream_hedge_ms(u);
+}
+
 /* A round trip of an answered query, into the smoothed round trip and
  * its mean deviation (RFC 6298 2, gains 1/8 and 1/4). */
 static void
@@ -4195,6 +4462,7 @@ upstream_inject(struct upstream *u)
 		if (u->queue_head < 0)
 			u->queue_tail = -1;
 		pending_set_state(slot, PENDING_SENT);
+		upstream_hedge_watch(u, slot);
 		p->attempts++;
 		u->inflight++;
 		u->n_queries++;
@@ -4421,6 +4689,15 @@ upstream_timers(struct upstream *u)
 		if (!u->suspect && u->unanswered_ms != 0 && u->inflight > 0 &&
 		    g.now_ms - u->unanswered_ms >= upstream_stall_ms(u))
 			upstream_suspect(u);
+		/* One query slower than u's usual round trip, while others
+		 * are answered: ask another upstream too (query_hedge_slow
+		 * keeps to --hedge-percent). */
+		while (upstream_hedge_due(u) <= g.now_ms) {
+			int slot = u->hedge.head;
+
+			upstream_hedge_unwatch(u, slot);
+			query_hedge_slow(slot);
+		}
 		/* Half the IDs used (an ID is never used twice on a
 		 * connection), and the last answer in: a new connection, the
 		 * same session. Meanwhile queries wait (upstream_inject). */
@@ -4456,17 +4733,21 @@ upstream_timers(struct upstream *u)
 static int64_t
 upstream_next_deadline(const struct upstream *u)
 {
+	int64_t h = upstream_hedge_due(u), d;
+
 	switch (u->state) {
 	case UPSTREAM_CONNECTING:
 	case UPSTREAM_HANDSHAKING:
 	case UPSTREAM_CLOSING:
 		return u->deadline_ms;
 	case UPSTREAM_READY:		/* as upstream_timers acts */
-		if (u->suspect)
-			return u->unanswered_ms + g.query_timeout_ms;
-		if (u->inflight > 0)	/* then the queries' own deadlines */
-			return u->unanswered_ms == 0 ? INT64_MAX :
+		if (u->suspect || u->inflight > 0) {
+			/* and the queries' own deadlines */
+			d = u->suspect ? u->unanswered_ms + g.query_timeout_ms :
+			    u->unanswered_ms == 0 ? INT64_MAX :
 			    u->unanswered_ms + upstream_stall_ms(u);
+			return d < h ? d : h;
+		}
 		if (u->ids.n_used >= ID_MAX_USED)
 			return g.now_ms;
 		if (u->queue_head < 0)
@@ -5108,7 +5389,7 @@ query_send(const struct origin *to, const unsigned char *msg, size_t len)
 	int64_t ms = g.now_ms - to->at_ms;
 	size_t b;
 
-	if (to->kind == ORIGIN_PROBE)
+	if (to->kind == ORIGIN_PROBE || to->kind == ORIGIN_REFRESH)
 		return;
 	for (b = 0; b < STATS_BUCKETS && ms > stats_bucket_ms[b]; b++)
 		;
@@ -5161,12 +5442,80 @@ query_detach(int slot)
 	p->route = ROUTE_NONE;
 }
 
-/* Frees a slot without an answer: its twin answered. */
+/*
+ * Coalescing. A query whose question and cache key are those of a query
+ * already out (a leader, in the coalescing index) follows it instead of
+ * asking again: it waits in state FOLLOWING on its leader's list, and
+ * takes its answer (query_deliver) or its failure (query_fail). When the
+ * leader dies but its twin lives, the twin takes the followers over.
+ */
+static void
+query_follow(int slot, int leader)
+{
+	struct pending_query *p = &g.pending[slot], *l = &g.pending[leader];
+
+	pending_set_state(slot, PENDING_FOLLOWING);
+	p->route = ROUTE_NONE;
+	p->leader = (int16_t)leader;
+	p->next = l->followers;
+	l->followers = slot;
+	g.stats.coalesced++;
+}
+
+/* Takes a follower off its leader's list (it is answered on its own). */
+static void
+query_unfollow(int slot)
+{
+	struct pending_query *p = &g.pending[slot];
+	int *link = &g.pending[p->leader].followers;
+
+	while (*link != slot)
+		link = &g.pending[*link].next;
+	*link = p->next;
+	p->leader = -1;
+}
+
+/* A leader goes while its twin (to) lives: the twin takes its followers,
+ * its place in the coalescing index and on the stale watch. */
+static void
+query_adopt(int to, int from)
+{
+	struct pending_query *t = &g.pending[to], *f = &g.pending[from];
+	int x, last = -1;
+
+	for (x = f->followers; x >= 0; x = g.pending[x].next) {
+		g.pending[x].leader = (int16_t)to;
+		last = x;
+	}
+	if (last >= 0) {
+		g.pending[last].next = t->followers;
+		t->followers = f->followers;
+		f->followers = -1;
+	}
+	if (f->flags & PQ_INDEXED) {
+		pending_unindex(from);
+		pending_index(to, f->hash);
+	}
+	if (f->flags & PQ_STALE_WATCH) {
+		pq_replace(&g.stale, PQ_STALE, from, to);
+		f->flags &= (uint8_t)~PQ_STALE_WATCH;
+		t->flags |= PQ_STALE_WATCH;
+	}
+}
+
+/* Frees a slot without an answer: its twin answered, or timed out with
+ * it. Any followers go to the twin. */
 static void
 query_drop(int slot)
 {
+	struct pending_query *p = &g.pending[slot];
+
 	query_detach(slot);
-	g.pending[slot].twin = -1;
+	if (p->twin >= 0) {
+		query_adopt(p->twin, slot);
+		g.pending[p->twin].twin = -1;
+		p->twin = -1;
+	}
 	pending_free(slot);
 }
 
@@ -5177,12 +5526,47 @@ query_udp_limit(const struct pending_query *p)
 	return p->from.kind == ORIGIN_UDP ? p->qi.udp_limit : 0;
 }
 
+/* Sends a prepared answer (msg, len, s: left as they are) to one slot's
+ * client, as it asked, and frees the slot. */
+static void
+query_answer(int slot, const unsigned char *msg, size_t len,
+    const struct dns_summary *s)
+{
+	static unsigned char out[MSG_MAX_BYTES + DNS_OPT_BYTES];
+	struct pending_query *p = &g.pending[slot];
+
+	if (p->from.kind == ORIGIN_UDP || p->from.kind == ORIGIN_TCP) {
+		memcpy(out, msg, len);
+		len = dns_answer_for_client(out, len, p->query, &p->qi,
+		    query_udp_limit(p), s);
+		query_send(&p->from, out, len);
+	}
+	pending_free(slot);
+}
+
+/* Sends a prepared answer to every follower of a leader. */
+static void
+query_answer_followers(int leader, const unsigned char *msg, size_t len,
+    const struct dns_summary *s)
+{
+	struct pending_query *l = &g.pending[leader];
+
+	while (l->followers >= 0) {
+		int f = l->followers;
+
+		l->followers = g.pending[f].next;
+		g.pending[f].leader = -1;
+		query_answer(f, msg, len, s);
+	}
+}
+
 /*
  * An answer from an upstream or a zone server for a pending query (its
- * ID and question checked): prepared, cached, then sent as the client
- * asked. It is prepared in a buffer of its own: the upstream's stream
- * buffer holds the next answers right after it, and an answer without
- * an OPT gets one (a few hundred bytes copied; no system call).
+ * ID and question checked): prepared once, cached, then sent to it, its
+ * followers and its twin's, each as it asked. It is prepared in a buffer
+ * of its own: the upstream's stream buffer holds the next answers right
+ * after it, and an answer without an OPT gets one (a few hundred bytes
+ * copied; no system call).
  */
 static void
 query_deliver(int slot, const unsigned char *answer, size_t len)
@@ -5191,19 +5575,12 @@ query_deliver(int slot, const unsigned char *answer, size_t len)
 	struct pending_query *p = &g.pending[slot];
 	struct dns_summary s;
 	uint32_t ttl;
+	int twin = p->twin;
 
 	query_detach(slot);
 	memcpy(msg, answer, len);
 	len = dns_prepare_answer(msg, len, MSG_MAX_BYTES, p->qi.qend,
 	    g.cache.min_ttl_s, g.cache.max_ttl_s, &ttl, &s);
-	if (len != 0 && (p->cache_key >> 3) != 0)
-		msg[3] &= (unsigned char)~DNS_FLAG_AD;	/* plain DNS: AD says
-						 * nothing a path could not forge */
-	if (len != 0) {
-		cache_store(msg, len, p->qi.qend, p->cache_key, ttl, &s);
-		len = dns_answer_for_client(msg, len, p->query, &p->qi,
-		    query_udp_limit(p), &s);
-	}
 	if (len == 0) {
 		if (ratelimit_ok(&g.rl_mismatch))
 			log_warn("%s answer is malformed: client gets "
@@ -5212,15 +5589,24 @@ query_deliver(int slot, const unsigned char *answer, size_t len)
 		query_fail(slot, DNS_RCODE_SERVFAIL);
 		return;
 	}
-	query_send(&p->from, msg, len);
-	if (p->twin >= 0)
-		query_drop(p->twin);
-	pending_free(slot);
+	if ((p->cache_key >> 3) != 0)
+		msg[3] &= (unsigned char)~DNS_FLAG_AD;	/* plain DNS: AD says
+						 * nothing a path could not forge */
+	cache_store(msg, len, p->qi.qend, p->cache_key, ttl, &s);
+	if (twin >= 0) {
+		g.pending[twin].twin = -1;
+		p->twin = -1;
+		query_answer_followers(twin, msg, len, &s);
+		query_drop(twin);
+	}
+	query_answer_followers(slot, msg, len, &s);
+	query_answer(slot, msg, len, &s);
 }
 
 /*
- * With --serve-stale, answers a query that no upstream answered from an
- * expired cache entry (RFC 8767), with a 30 s TTL. Returns 1 if it did.
+ * With --serve-stale, answers a query that no upstream answered (in
+ * time: --stale-timeout) from an expired cache entry (RFC 8767), with a
+ * 30 s TTL. Returns 1 if it did.
  */
 static int
 query_serve_stale(struct pending_query *p)
@@ -5230,7 +5616,8 @@ query_serve_stale(struct pending_query *p)
 	size_t len;
 	int e;
 
-	if (g.cache.stale_s == 0)
+	if (g.cache.stale_s == 0 || (p->from.kind != ORIGIN_UDP &&
+	    p->from.kind != ORIGIN_TCP))
 		return 0;
 	e = cache_find(p->query, p->qi.qend, p->cache_key,
 	    cache_hash(p->query, p->qi.qend, p->cache_key));
@@ -5284,38 +5671,57 @@ query_why(const struct pending_query *p, char *why, size_t cap)
 	return EDE_NO_REACHABLE;
 }
 
+/* Answers one slot rcode (a stale answer for SERVFAIL when there is
+ * one), with an Extended DNS Error ede (-1: none) saying why; frees it. */
+static void
+query_fail_one(int slot, int rcode, int ede, const char *why)
+{
+	struct pending_query *p = &g.pending[slot];
+	unsigned char out[DNS_ERROR_MAX_BYTES];
+	size_t len;
+
+	if (rcode != DNS_RCODE_SERVFAIL || !query_serve_stale(p)) {
+		len = dns_make_error(out, p->query, &p->qi, rcode, ede, why);
+		query_send(&p->from, out, len);
+	}
+	pending_free(slot);
+}
+
 /*
  * A query fails on its route. When its twin is still out, that one may
- * yet answer: this slot goes quietly. Otherwise the client gets rcode
- * (or, for SERVFAIL, a stale answer when --serve-stale has one), with an
- * Extended DNS Error saying why.
+ * yet answer: this slot goes quietly, and the twin takes its followers.
+ * Otherwise the client and every follower get rcode (or, for SERVFAIL, a
+ * stale answer when --serve-stale has one), with an Extended DNS Error
+ * saying why.
  */
 static void
 query_fail(int slot, int rcode)
 {
 	struct pending_query *p = &g.pending[slot];
-	unsigned char out[DNS_ERROR_MAX_BYTES];
 	char why[DNS_EDE_TEXT_MAX + 1];
 	int ede = rcode == DNS_RCODE_SERVFAIL ? query_why(p, why, sizeof why) :
 	    -1;
-	size_t len;
 
 	query_detach(slot);
 	if (p->twin >= 0) {
-		g.pending[p->twin].twin = -1;
-		pending_free(slot);
+		query_drop(slot);
 		return;
 	}
-	if (rcode == DNS_RCODE_SERVFAIL && query_serve_stale(p)) {
-		pending_free(slot);
-		return;
+	while (p->followers >= 0) {
+		int f = p->followers;
+
+		p->followers = g.pending[f].next;
+		g.pending[f].leader = -1;
+		query_fail_one(f, rcode, ede, why);
 	}
-	len = dns_make_error(out, p->query, &p->qi, rcode, ede, why);
-	query_send(&p->from, out, len);
-	pending_free(slot);
+	query_fail_one(slot, rcode, ede, why);
 }
 
-/* A query's deadline has come: it and its twin are done, SERVFAIL. */
+/*
+ * A query's deadline has come: it, its twin and its followers are done,
+ * SERVFAIL. (A follower's deadline comes after its leader's, but for
+ * one that arrived when the leader had little time left.)
+ */
 static void
 query_expire(int slot)
 {
@@ -5325,8 +5731,15 @@ query_expire(int slot)
 	int sent = p->state == PENDING_SENT;
 	int64_t sent_ms = p->sent_ms;
 
-	if (p->twin >= 0)
-		query_drop(p->twin);
+	if (p->state == PENDING_FOLLOWING)
+		query_unfollow(slot);
+	if (p->twin >= 0) {
+		int twin = p->twin;
+
+		g.pending[twin].twin = -1;
+		p->twin = -1;
+		query_drop(twin);
+	}
 	query_fail(slot, DNS_RCODE_SERVFAIL);
 	/* What a timeout tells the route it was on. */
 	if (route == ROUTE_UPSTREAM && sent)
@@ -5336,25 +5749,27 @@ query_expire(int slot)
 }
 
 /*
- * Asks a query that waits on a suspect upstream (upstream_suspect) of
- * another usable one too: a twin slot with the same client, question and
- * deadline. The first answer wins (query_deliver drops the other). Does
- * nothing without another upstream or a free slot, or for a query that
- * has a twin already.
+ * Asks a query that waits on an upstream of another usable one too: a
+ * twin slot with the same client, question and deadline. The first
+ * answer wins (query_deliver drops the other). Used for every query on a
+ * suspect upstream (upstream_suspect), and for a slow one
+ * (query_hedge_slow). Does nothing without another upstream or a free
+ * slot, or for a query that has a twin already. Returns 1 if it asked.
  */
-static void
+static int
 query_hedge(int slot)
 {
 	struct pending_query *p = &g.pending[slot], *t;
-	int up = upstream_pick(), ts;
+	int up = upstream_pick_except(p->route_idx), ts;
 
-	if (p->twin >= 0 || up < 0 || up == p->route_idx ||
+	if (p->twin >= 0 || p->route != ROUTE_UPSTREAM || up < 0 ||
 	    (ts = pending_alloc()) < 0)
-		return;
+		return 0;
 	t = &g.pending[ts];
 	t->from = p->from;
 	t->qi = p->qi;
 	t->cache_key = p->cache_key;
+	t->hash = p->hash;
 	t->deadline_ms = p->deadline_ms;
 	pending_age_after(ts, slot);
 	t->qlen = p->qlen;
@@ -5363,6 +5778,54 @@ query_hedge(int slot)
 	p->twin = (int16_t)ts;
 	g.stats.hedged++;
 	upstream_enqueue(&g.upstreams[up], ts);
+	return 1;
+}
+
+/*
+ * A query has waited on a healthy upstream longer than its usual round
+ * trip (upstream_hedge_ms): asked of another upstream too, if the cap
+ * allows. The cap is a token bucket: each query sent upstream earns
+ * --hedge-percent hundredths of a hedge, up to HEDGE_BURST hedges, so
+ * that hedges add at most that share to the queries upstreams get.
+ */
+static void
+query_hedge_slow(int slot)
+{
+	struct pending_query *p = &g.pending[slot];
+
+	if (p->twin >= 0 || p->from.kind == ORIGIN_PROBE)
+		return;
+	if (g.hedge_tokens < 100) {
+		g.stats.hedges_capped++;
+		return;
+	}
+	if (query_hedge(slot))
+		g.hedge_tokens -= 100;
+}
+
+/*
+ * RFC 8767's client response timer: a query has waited --stale-timeout
+ * and its expired entry is still in the cache. Its client gets the stale
+ * answer now; the query goes on as a refresh of the entry (a follower
+ * simply leaves its leader, who goes on).
+ */
+static void
+query_stale_timer(int slot)
+{
+	struct pending_query *p = &g.pending[slot];
+
+	pending_stale_unwatch(slot);
+	if (!query_serve_stale(p))
+		return;			/* gone meanwhile: wait on */
+	g.stats.stale_timer++;
+	if (p->state == PENDING_FOLLOWING) {
+		query_unfollow(slot);
+		pending_free(slot);
+		return;
+	}
+	p->from.kind = ORIGIN_REFRESH;
+	if (p->twin >= 0)
+		g.pending[p->twin].from.kind = ORIGIN_REFRESH;
 }
 
 /*
@@ -5395,28 +5858,96 @@ query_probe(struct upstream *u)
 	upstream_enqueue(u, slot);
 }
 
-/* Answers a query from the cache if a fresh entry is there: no slot, no
- * upstream. Returns 1 if it did. */
+/*
+ * Sends a query that has its slot, cache key, hash and built query on
+ * its way: to its forward zone's server (zi >= 0), or queued on the
+ * preferred usable upstream (SERVFAIL when none is). It becomes a leader
+ * that later queries may follow (unless --no-coalesce).
+ */
+static void
+query_forward(int slot, int zi)
+{
+	struct pending_query *p = &g.pending[slot];
+	int up;
+
+	if (!g.no_coalesce)
+		pending_index(slot, p->hash);
+	if (zi >= 0) {
+		zone_send((size_t)zi, slot);
+		return;
+	}
+	up = upstream_pick();
+	if (up < 0) {
+		upstream_none_usable();
+		query_fail(slot, DNS_RCODE_SERVFAIL);
+		return;
+	}
+	g.hedge_tokens += g.hedge_pct;
+	if (g.hedge_tokens > HEDGE_BURST * 100)
+		g.hedge_tokens = HEDGE_BURST * 100;
+	upstream_enqueue(&g.upstreams[up], slot);
+}
+
+/*
+ * Prefetch: a hit on an entry in the last --prefetch percent of its TTL
+ * (a TTL of PREFETCH_MIN_TTL_S or more) refreshes it now, once, while
+ * the question is not in flight already and the pending table has room
+ * to spare, so that the next askers still hit (unbound's prefetch).
+ */
+static void
+query_prefetch(int e, const unsigned char *msg,
+    const struct dns_query_info *qi, uint8_t key, uint32_t hash)
+{
+	struct cache_entry *x = &g.cache.entries[e];
+	int64_t left_ms = (int64_t)x->ttl_s * 1000 - (g.now_ms - x->stored_ms);
+	struct pending_query *p;
+	int slot;
+
+	if (g.prefetch_pct == 0 || x->prefetched || g.draining ||
+	    x->ttl_s < PREFETCH_MIN_TTL_S || g.n_free <= PREFETCH_MIN_FREE ||
+	    left_ms * 100 > (int64_t)x->ttl_s * 1000 * g.prefetch_pct ||
+	    pending_find_leader(msg, qi->qend, key, hash) >= 0)
+		return;
+	x->prefetched = 1;
+	slot = pending_alloc();
+	p = &g.pending[slot];
+	memset(&p->from, 0, sizeof p->from);
+	p->from.kind = ORIGIN_REFRESH;
+	p->from.at_ms = g.now_ms;
+	p->qi = *qi;
+	p->cache_key = key;
+	p->hash = hash;
+	p->qlen = (uint16_t)dns_build_query(p->query, msg, qi,
+	    key >> 3 ? 0 : g.pad_block);
+	g.stats.prefetched++;
+	query_forward(slot, (int)(key >> 3) - 1);
+}
+
+/*
+ * Answers a query from the cache if a fresh entry is there: no slot, no
+ * upstream (and maybe a prefetch). Returns 1 if it did; else sets *stale
+ * when an expired entry is there (--serve-stale keeps them).
+ */
 static int
 query_from_cache(const unsigned char *msg, const struct dns_query_info *qi,
-    const struct origin *from, uint8_t key)
+    const struct origin *from, uint8_t key, uint32_t hash, int *stale)
 {
 	static unsigned char out[CACHE_MAX_ANSWER_BYTES];
 	struct dns_summary s;
 	size_t len;
 	int e;
 
-	e = cache_find(msg, qi->qend, key, cache_hash(msg, qi->qend, key));
+	e = cache_find(msg, qi->qend, key, hash);
 	if (e < 0 || (len = cache_get(e, out, 0, &s)) == 0) {
+		*stale = e >= 0;
 		g.cache.misses++;
 		return 0;
 	}
 	len = dns_answer_for_client(out, len, msg, qi,
 	    from->kind == ORIGIN_UDP ? qi->udp_limit : 0, &s);
-	if (len == 0)
-		return 0;
 	g.cache.hits++;
 	query_send(from, out, len);
+	query_prefetch(e, msg, qi, key, hash);
 	return 1;
 }
 
@@ -5468,8 +5999,9 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 	unsigned char out[DNS_LOCAL_MAX_BYTES];
 	struct dns_query_info qi;
 	struct pending_query *p;
-	int rc, slot, up, zi;
+	int rc, slot, zi, leader, stale = 0;
 	uint8_t key;
+	uint32_t hash;
 
 	if (from->kind == ORIGIN_UDP)
 		g.stats.queries_udp++;
@@ -5509,7 +6041,9 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 	zi = g.n_zones == 0 ? -1 : dns_match_zone(msg, DNS_HEADER_BYTES,
 	    g.zone_names, g.zone_lens, g.n_zones);
 	key = cache_key(&qi, (unsigned)(zi + 1));
-	if (g.cache.n_blocks != 0 && query_from_cache(msg, &qi, from, key))
+	hash = cache_hash(msg, qi.qend, key);
+	if (g.cache.n_blocks != 0 &&
+	    query_from_cache(msg, &qi, from, key, hash, &stale))
 		return;
 	slot = pending_alloc();
 	if (slot < 0) {
@@ -5524,20 +6058,22 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 	p->from = *from;
 	p->qi = qi;
 	p->cache_key = key;
+	p->hash = hash;
 	/* Plain DNS to a private server has nothing to pad for. */
 	p->qlen = (uint16_t)dns_build_query(p->query, msg, &qi,
 	    zi >= 0 ? 0 : g.pad_block);
-	if (zi >= 0) {
-		zone_send((size_t)zi, slot);
+	if (stale && g.stale_timeout_ms != 0)
+		pending_stale_watch(slot);
+	/* The same question in flight, with time enough left: wait for its
+	 * answer rather than ask again. */
+	leader = g.no_coalesce ? -1 : pending_find_leader(msg, qi.qend, key,
+	    hash);
+	if (leader >= 0 && g.pending[leader].deadline_ms - g.now_ms >=
+	    (int64_t)g.query_timeout_ms / 2) {
+		query_follow(slot, leader);
 		return;
 	}
-	up = upstream_pick();
-	if (up < 0) {
-		upstream_none_usable();
-		query_fail(slot, DNS_RCODE_SERVFAIL);
-		return;
-	}
-	upstream_enqueue(&g.upstreams[up], slot);
+	query_forward(slot, zi);
 }
 
 /* ==== observe: counters, /health, /ready, /metrics ===================== */
@@ -5654,8 +6190,20 @@ observe_metrics(char *out, size_t cap)
 	    "locally.");
 	M_LINE("dotproxy_local_total %lu\n", g.stats.local);
 	M_HEAD("hedged_total", "counter", "Queries also asked of a second "
-	    "upstream.");
+	    "upstream (suspect or slow upstream).");
 	M_LINE("dotproxy_hedged_total %lu\n", g.stats.hedged);
+	M_HEAD("hedges_capped_total", "counter", "Slow queries not asked of a "
+	    "second upstream: --hedge-percent.");
+	M_LINE("dotproxy_hedges_capped_total %lu\n", g.stats.hedges_capped);
+	M_HEAD("coalesced_total", "counter", "Queries answered with the "
+	    "answer to the same question already in flight.");
+	M_LINE("dotproxy_coalesced_total %lu\n", g.stats.coalesced);
+	M_HEAD("prefetches_total", "counter", "Cache entries refreshed before "
+	    "they expired (--prefetch).");
+	M_LINE("dotproxy_prefetches_total %lu\n", g.stats.prefetched);
+	M_HEAD("stale_timer_total", "counter", "Stale answers sent after "
+	    "--stale-timeout while the entry is refreshed.");
+	M_LINE("dotproxy_stale_timer_total %lu\n", g.stats.stale_timer);
 	M_HEAD("queries_in_flight", "gauge", "Queries waiting for an "
 	    "upstream or a zone server.");
 	M_LINE("dotproxy_queries_in_flight %zu\n", MAX_PENDING - g.n_free);
@@ -5964,12 +6512,15 @@ observe_log_stats(void)
 
 	o = util_fmt(line, sizeof line, "dotproxy: stats: queries udp=%lu "
 	    "tcp=%lu; cache hits=%lu misses=%lu stale=%lu entries=%zu "
-	    "evictions=%lu; servfail=%lu refused=%lu local=%lu hedged=%lu; "
+	    "evictions=%lu prefetches=%lu; servfail=%lu refused=%lu local=%lu "
+	    "coalesced=%lu hedged=%lu hedges_capped=%lu; "
 	    "in_flight=%zu tcp_clients=%zu", g.stats.queries_udp,
 	    g.stats.queries_tcp, g.cache.hits, g.cache.misses, g.cache.stale,
 	    g.cache.n_blocks ? g.cache.n_entries - cache_free_entries() : 0,
-	    g.cache.evictions, g.stats.answers[DNS_RCODE_SERVFAIL],
-	    g.stats.refused, g.stats.local, g.stats.hedged,
+	    g.cache.evictions, g.stats.prefetched,
+	    g.stats.answers[DNS_RCODE_SERVFAIL], g.stats.refused,
+	    g.stats.local, g.stats.coalesced, g.stats.hedged,
+	    g.stats.hedges_capped,
 	    MAX_PENDING - g.n_free, observe_tcp_clients());
 	for (i = 0; i < g.n_upstreams && o < sizeof line; i++) {
 		struct upstream *u = &g.upstreams[i];
@@ -6006,6 +6557,9 @@ loop_expire(void)
 		log_debug("query timed out: SERVFAIL");
 		query_expire(g.age_head);
 	}
+	while (g.stale.head >= 0 && g.pending[g.stale.head].from.at_ms +
+	    g.stale_timeout_ms <= g.now_ms)
+		query_stale_timer(g.stale.head);
 	for (i = 0; i < g.n_upstreams; i++)
 		upstream_timers(&g.upstreams[i]);
 	for (i = 0; i < MAX_TCP_CLIENTS; i++)
@@ -6021,6 +6575,9 @@ loop_timeout_ms(void)
 
 	if (g.age_head >= 0 && g.pending[g.age_head].deadline_ms < next)
 		next = g.pending[g.age_head].deadline_ms;
+	if (g.stale.head >= 0 && g.pending[g.stale.head].from.at_ms +
+	    g.stale_timeout_ms < next)
+		next = g.pending[g.stale.head].from.at_ms + g.stale_timeout_ms;
 	for (i = 0; i < g.n_upstreams; i++) {
 		int64_t d = upstream_next_deadline(&g.upstreams[i]);
 
@@ -6676,6 +7233,23 @@ static const struct config_option config_options[] = {
 	    0, 7 * 86400, "seconds",
 	    "when no upstream answers, serve answers expired less than S "
 	    "ago, with TTL 30 (RFC 8767); 0: never" },
+	{ 0, CONFIG_NUMBER, 1, "stale-timeout", "MS", &g.stale_timeout_ms,
+	    10, 60000, "milliseconds",
+	    "with --serve-stale, answer from an expired entry a query that "
+	    "no upstream answered within MS, and refresh the entry meanwhile "
+	    "(RFC 8767 5)" },
+	{ 0, CONFIG_NUMBER, 1, "prefetch", "PCT", &g.prefetch_pct,
+	    1, 50, "percent",
+	    "refresh a cached answer asked for in the last PCT percent of "
+	    "its TTL (TTLs of 10 s or more), before it expires" },
+	{ 0, CONFIG_FLAG, 0, "no-coalesce", NULL, &g.no_coalesce, 0, 0, NULL,
+	    "ask the upstream again for a question already in flight "
+	    "(default: ask once and answer every client that asked)" },
+	{ 0, CONFIG_NUMBER, 1, "hedge-percent", "PCT", &g.hedge_pct,
+	    1, 100, "percent",
+	    "also ask the next upstream a query that is slower than its "
+	    "upstream's usual round trip, for at most PCT percent more "
+	    "queries" },
 	{ 0, CONFIG_VALUE, 0, "forward-zone", "DOMAIN=IP[@PORT]", NULL, 0, 0,
 	    NULL, "send queries at or below DOMAIN to the plain-DNS server IP "
 	    "(repeatable; the longest match wins)" },
@@ -6696,7 +7270,7 @@ static const struct config_option config_options[] = {
 	    "ask the dotproxy at ADDR (default 127.0.0.1@53) for localhost. "
 	    "and exit 0 if it answers within a second, else 1: a health "
 	    "check for images without a shell" },
-	{ 0, CONFIG_FLAG, 0, "syslog", NULL, NULL, 0, 0, NULL,
+	{ 0, CONFIG_FLAG, 0, "syslog", NULL, &config.syslog, 0, 0, NULL,
 	    "log to the system logger (/dev/log, facility daemon) with each "
 	    "line's level, instead of stderr" },
 	{ 'v', CONFIG_FLAG, 0, "verbose", NULL, NULL, 0, 0, NULL,
@@ -6726,6 +7300,9 @@ config_defaults(void)
 	g.max_backoff_ms = BACKOFF_MAX_MS;
 	g.pad_block = PAD_BLOCK_BYTES;
 	g.drain_ms = DRAIN_TIMEOUT_MS;
+	g.stale_timeout_ms = STALE_TIMEOUT_MS;
+	g.prefetch_pct = PREFETCH_PCT;
+	g.hedge_pct = HEDGE_PCT;
 	g.tas = TAs;
 	g.n_tas = TAs_NUM;
 	g.now_ms = time_now_ms();
@@ -6933,12 +7510,12 @@ config_apply(const struct config_option *c, const char *arg)
 
 	switch (c->kind) {
 	case CONFIG_FLAG:
-		if (c->shortname == 'v')
+		if (c->target != NULL)
+			*(int *)c->target = 1;
+		else if (c->shortname == 'v')
 			g.log_level = LOG_DEBUG;
 		else if (c->shortname == 'q')
 			g.log_level = LOG_WARN;
-		else if (c->shortname == 0)
-			config.syslog = 1;	/* --syslog */
 		else if (c->shortname == 'h') {
 			config_usage(1);
 			exit(0);

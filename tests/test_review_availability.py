@@ -185,10 +185,10 @@ class SlowDoT:
             now = time.monotonic()
             while due and due[0][0] <= now:
                 _, _, ans = heapq.heappop(due)
+                with self._lock:    # counted before the client can see it
+                    rec.answers += 1
                 tls.write(tcp_frame(ans))
                 flush()
-                with self._lock:
-                    rec.answers += 1
                 if self.close_after is not None and rec.answers >= self.close_after:
                     try:
                         tls.unwrap()
