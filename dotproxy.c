@@ -3193,6 +3193,7 @@ cache_store(const unsigned char *m, size_t len, size_t qend, uint8_t key,
 	x->ns_end = (uint16_t)s->ns_end;
 	x->stored_ms = g.now_ms;
 	x->ttl_s = ttl;
+	x->prefetched = 0;
 	tail = &x->first;
 	for (off = 0; off < len; off += CACHE_BLOCK_BYTES) {
 		int32_t b = c->free_block;
