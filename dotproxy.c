@@ -198,6 +198,10 @@
 					 * after its full handshake, no more */
 #define DRAIN_TIMEOUT_MS	5000	/* SIGTERM: finish queries in flight for
 					 * at most this long; --drain-timeout */
+#define LAME_DUCK_MS		0	/* SIGTERM: before the drain, answer as
+					 * usual this long while /ready says 503
+					 * (a new instance takes over: --reuseport);
+					 * --lame-duck */
 #define CLIENT_IDLE_MS		10000	/* idle TCP client (RFC 7766 6.2.3) */
 #define CLIENT_FRAME_MS		5000	/* a started query must arrive whole
 					 * within this (slowloris) */
@@ -587,6 +591,11 @@ static struct proxy {
 	int none_usable;		/* "no upstream" logged, not yet fixed */
 	unsigned drain_ms;		/* --drain-timeout */
 	int draining;			/* stopping: no new queries */
+	int reuseport;			/* --reuseport */
+	unsigned lame_duck_ms;		/* --lame-duck */
+	int lame_duck;			/* stopping: answering, not ready */
+	int64_t lame_duck_end_ms;
+	sig_atomic_t drain_signals;	/* signals seen when the drain began */
 	int64_t drain_deadline_ms;
 	struct listener listeners[MAX_LISTENERS];
 	size_t n_listeners;
@@ -3222,6 +3231,7 @@ static void query_deliver(int slot, const unsigned char *answer, size_t len);
 static void query_fail(int slot, int rcode);
 static int query_hedge(int slot);
 static void query_hedge_slow(int slot);
+static void start_steer_away(int fd);
 static void query_probe(struct upstream *u);
 static void observe_status(void);
 static void query_receive(const unsigned char *msg, size_t len,
@@ -6278,8 +6288,9 @@ observe_ready(char *why, size_t cap)
 {
 	size_t i;
 
-	if (g.draining) {
-		util_fmt(why, cap, "draining: stopping on a signal");
+	if (g.draining || g.lame_duck) {
+		util_fmt(why, cap, "%s: stopping on a signal", g.draining ?
+		    "draining" : "lame duck");
 		return 0;
 	}
 	for (i = 0; i < g.n_upstreams; i++)
@@ -6598,6 +6609,8 @@ loop_timeout_ms(void)
 	if (g_log.watchdog_ms != 0 &&
 	    g_log.watchdog_last_ms + g_log.watchdog_ms < next)
 		next = g_log.watchdog_last_ms + g_log.watchdog_ms;
+	if (g.lame_duck && g.lame_duck_end_ms < next)
+		next = g.lame_duck_end_ms;
 	return next > g.now_ms ? next - g.now_ms : 0;
 }
 
@@ -6647,8 +6660,34 @@ loop_dispatch(fd_set *rd, fd_set *wr)
 }
 
 /*
- * SIGTERM/SIGINT: stop taking queries (TCP listeners closed, UDP and TCP
- * clients no longer read) but keep the sockets that answers go out of.
+ * SIGTERM/SIGINT with --lame-duck: for that long, answer as usual while
+ * /ready says 503 (a load balancer or kubelet takes the instance out),
+ * and steer new datagrams and connections to another --reuseport
+ * instance on the same addresses, if there is one (start_steer_away),
+ * so that nothing is left in this one's queues when it closes them. A
+ * second signal ends it early.
+ */
+static void
+loop_begin_lame_duck(void)
+{
+	size_t i;
+
+	g.lame_duck = 1;
+	g.lame_duck_end_ms = g.now_ms + g.lame_duck_ms;
+	util_notify("STOPPING=1\nSTATUS=lame duck: answering for %u ms",
+	    g.lame_duck_ms);
+	for (i = 0; i < g.n_listeners && g.reuseport; i++) {
+		start_steer_away(g.listeners[i].udp_fd);
+		start_steer_away(g.listeners[i].tcp_fd);
+	}
+	log_info("stopping on signal %d: answering for %u ms more (lame "
+	    "duck), then draining", (int)g_stop_signal, g.lame_duck_ms);
+}
+
+/*
+ * SIGTERM/SIGINT (after the lame duck): stop taking queries (TCP
+ * listeners closed, UDP and TCP clients no longer read) but keep the
+ * sockets that answers go out of.
  */
 static void
 loop_begin_drain(void)
@@ -6656,6 +6695,8 @@ loop_begin_drain(void)
 	size_t i, n = MAX_PENDING - g.n_free;
 
 	g.draining = 1;
+	g.lame_duck = 0;
+	g.drain_signals = g_stop_count;
 	g.drain_deadline_ms = g.now_ms + g.drain_ms;
 	util_notify("STOPPING=1\nSTATUS=draining: %zu quer%s in flight", n,
 	    n == 1 ? "y" : "ies");
@@ -6679,7 +6720,7 @@ loop_drain_done(void)
 	size_t i;
 	int busy = 0;
 
-	if (g_stop_count > 1 || g.now_ms >= g.drain_deadline_ms) {
+	if (g_stop_count > g.drain_signals || g.now_ms >= g.drain_deadline_ms) {
 		while (g.age_head >= 0)
 			query_expire(g.age_head);
 		udp_flush();
@@ -6720,7 +6761,11 @@ loop_run(void)
 		size_t i;
 
 		g.now_ms = time_now_ms();
-		if (g_stop_count > 0 && !g.draining)
+		if (g_stop_count > 0 && !g.draining && !g.lame_duck &&
+		    g.lame_duck_ms != 0)
+			loop_begin_lame_duck();
+		else if (g_stop_count > 0 && !g.draining && (!g.lame_duck ||
+		    g_stop_count > 1 || g.now_ms >= g.lame_duck_end_ms))
 			loop_begin_drain();
 		if (g_stats_wanted) {
 			g_stats_wanted = 0;
@@ -7257,6 +7302,15 @@ static const struct config_option config_options[] = {
 	{ 0, CONFIG_NUMBER, 0, "drain-timeout", "MS", &g.drain_ms,
 	    0, 600000, "milliseconds",
 	    "on SIGTERM, finish the queries in flight for at most MS" },
+	{ 0, CONFIG_NUMBER, 0, "lame-duck", "MS", &g.lame_duck_ms,
+	    0, 600000, "milliseconds",
+	    "on SIGTERM, first keep answering for MS while /ready says 503 "
+	    "and new queries are steered to a --reuseport instance beside "
+	    "this one, then drain" },
+	{ 0, CONFIG_FLAG, 0, "reuseport", NULL, &g.reuseport, 0, 0, NULL,
+	    "let another dotproxy bind the same addresses (SO_REUSEPORT), "
+	    "for restarts with no gap: start the new one, then stop this one "
+	    "with --lame-duck" },
 	{ 0, CONFIG_VALUE, 0, "allow", "CIDR", NULL, 0, 0, NULL,
 	    "answer clients in CIDR (repeatable); default loopback, RFC "
 	    "1918, link-local and ULA; others get REFUSED" },
@@ -7301,6 +7355,7 @@ config_defaults(void)
 	g.max_backoff_ms = BACKOFF_MAX_MS;
 	g.pad_block = PAD_BLOCK_BYTES;
 	g.drain_ms = DRAIN_TIMEOUT_MS;
+	g.lame_duck_ms = LAME_DUCK_MS;
 	g.stale_timeout_ms = STALE_TIMEOUT_MS;
 	g.prefetch_pct = PREFETCH_PCT;
 	g.hedge_pct = HEDGE_PCT;
@@ -7926,8 +7981,14 @@ start_open_listener(struct listener *l, int optional)
 		if (types[i] == SOCK_STREAM)
 			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
 			    sizeof one);
+		if (g.reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT,
+		    &one, sizeof one) < 0)
+			goto fail;
 		if (bind(fd, &l->addr.sa, l->addrlen) < 0)
 			goto fail;
+		if (g.reuseport)	/* an old instance's steering ends */
+			(void)setsockopt(fd, SOL_SOCKET,
+			    SO_DETACH_REUSEPORT_BPF, &one, sizeof one);
 		if (types[i] == SOCK_STREAM && listen(fd, 128) < 0)
 			goto fail;
 	}
@@ -7957,6 +8018,42 @@ fail:
 		    "CAP_NET_BIND_SERVICE)" : "");
 	}
 	return -1;
+}
+
+/*
+ * --reuseport: the kernel spreads datagrams and connections over the
+ * sockets bound to one address by hash; a program attached to the group
+ * (SO_ATTACH_REUSEPORT_CBPF) picks one by index instead. A stopping
+ * instance (loop_begin_lame_duck) attaches "the socket at index 1": the
+ * sockets are indexed in the order they were bound, so that is the
+ * instance that started after this one; with none (index out of range),
+ * the kernel falls back to the hash, and this one gets all as before. A
+ * new instance detaches any program when it binds (start_open_listener),
+ * so it takes traffic only once the old one steers it there. The
+ * classic-BPF structs (linux/filter.h, which musl does not have): one
+ * instruction, "return 1".
+ */
+struct start_sock_filter {
+	uint16_t code;
+	uint8_t jt, jf;
+	uint32_t k;
+};
+
+struct start_sock_fprog {
+	unsigned short len;
+	struct start_sock_filter *filter;
+};
+
+static void
+start_steer_away(int fd)
+{
+	static struct start_sock_filter ret1[1] = { { 0x06, 0, 0, 1 } };
+	struct start_sock_fprog prog = { 1, ret1 };	/* BPF_RET|BPF_K */
+
+	if (fd >= 0 && setsockopt(fd, SOL_SOCKET,
+	    SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog) < 0)
+		log_warn("cannot steer new queries to the next instance: %s",
+		    strerror(errno));
 }
 
 /* Parses a --listen spec and opens its sockets (fatal on error). */
