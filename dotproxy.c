@@ -825,32 +825,50 @@ static void log_msg(int level, const char *fmt, ...)
 static void die(const char *fmt, ...)
     __attribute__((format(printf, 1, 2), noreturn));
 
+/*
+ * Writes one log line (text, without a newline) at a level: to --syslog
+ * with the facility and severity, else to stderr, with journald's level
+ * prefix when stderr is the journal's (sd-daemon(3)). One write per line:
+ * lines from one process never interleave.
+ */
 static void
-log_msg(int level, const char *fmt, ...)
+log_line(int level, char *line, size_t cap, size_t n)
 {
 	/* syslog(3) severities: err, warning, info, debug */
 	static const unsigned char severity[] = { 3, 4, 6, 7 };
-	char line[512];
-	va_list ap;
-	size_t n = 0;
+	char pre[8];
+	size_t k = 0;
 
-	if (level > g.log_level)
-		return;
 	if (g_log.syslog_fd >= 0)	/* facility daemon (3) */
-		n = util_fmt(line, sizeof line, "<%d>", 24 + severity[level]);
-	else if (g_log.journal)		/* sd-daemon(3) prefixes */
-		n = util_fmt(line, sizeof line, "<%d>", severity[level]);
-	n += util_fmt(line + n, sizeof line - n, "dotproxy: %s: ",
-	    log_names[level]);
-	va_start(ap, fmt);
-	n += util_vfmt(line + n, sizeof line - n - 1, fmt, ap);
-	va_end(ap);
+		k = util_fmt(pre, sizeof pre, "<%d>", 24 + severity[level]);
+	else if (g_log.journal)
+		k = util_fmt(pre, sizeof pre, "<%d>", severity[level]);
+	if (n + k + 1 > cap)
+		n = cap - k - 1;
+	memmove(line + k, line, n);
+	memcpy(line, pre, k);
+	n += k;
 	line[n++] = '\n';
 	if (g_log.syslog_fd >= 0 &&
 	    send(g_log.syslog_fd, line, n - 1, MSG_NOSIGNAL) >= 0)
 		return;
-	/* One write per line: lines from one process never interleave. */
 	util_write(2, line, n);
+}
+
+static void
+log_msg(int level, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	size_t n;
+
+	if (level > g.log_level)
+		return;
+	n = util_fmt(line, sizeof line - 8, "dotproxy: %s: ", log_names[level]);
+	va_start(ap, fmt);
+	n += util_vfmt(line + n, sizeof line - 8 - n, fmt, ap);
+	va_end(ap);
+	log_line(level, line, sizeof line, n);
 }
 
 /* Tells the service manager something (sd_notify(3): "READY=1",
@@ -1556,7 +1574,8 @@ dns_add_ede(unsigned char *m, size_t len, size_t cap, size_t opt_start,
 	put16(m + len, EDNS_OPTION_EDE);
 	put16(m + len + 2, (unsigned)(2 + n));
 	put16(m + len + 4, (unsigned)code);
-	memcpy(m + len + 6, text, n);
+	if (n != 0)
+		memcpy(m + len + 6, text, n);
 	put16(m + opt_start + DNS_OPT_BYTES - 2,
 	    get16(m + opt_start + DNS_OPT_BYTES - 2) + 6u + (unsigned)n);
 	return len + 6 + n;
@@ -5974,6 +5993,29 @@ query_reply_error(const unsigned char *msg, const struct dns_query_info *qi,
 }
 
 /*
+ * A client not in --allow: REFUSED (RFC 8906 3.1.5; not an open
+ * resolver) with the Extended DNS Error "Prohibited" and its text. Over
+ * UDP never larger than its query (len), so that a forged source address
+ * gains nothing: the code alone, or no EDE, when the text does not fit.
+ */
+static void
+query_refuse(const unsigned char *msg, size_t len,
+    const struct dns_query_info *qi, const struct origin *from)
+{
+	unsigned char out[DNS_ERROR_MAX_BYTES];
+	size_t n = dns_make_error(out, msg, qi, DNS_RCODE_REFUSED,
+	    EDE_PROHIBITED, "not in --allow");
+
+	g.stats.refused++;
+	if (from->kind == ORIGIN_UDP && n > len)
+		n = dns_make_error(out, msg, qi, DNS_RCODE_REFUSED,
+		    EDE_PROHIBITED, NULL);
+	if (from->kind == ORIGIN_UDP && n > len)
+		n = dns_make_error(out, msg, qi, DNS_RCODE_REFUSED, -1, NULL);
+	query_send(from, out, n);
+}
+
+/*
  * A UDP datagram longer than UDP_QUERY_MAX_BYTES (its end is lost): TC=1
  * with its question, so that the client asks again over TCP, where any
  * size is taken.
@@ -5990,9 +6032,7 @@ query_receive_oversized(const unsigned char *msg, size_t len,
 		return;
 	}
 	if (!acl_allowed(&from->peer)) {
-		g.stats.refused++;
-		query_reply_error(msg, &qi, from, DNS_RCODE_REFUSED,
-		    EDE_PROHIBITED, "not in --allow");
+		query_refuse(msg, len, &qi, from);
 		return;
 	}
 	query_reply_error(msg, &qi, from, DNS_REPLY_TC, -1, NULL);
@@ -6026,11 +6066,7 @@ query_receive(const unsigned char *msg, size_t len, const struct origin *from)
 		return;
 	}
 	if (!acl_allowed(&from->peer)) {
-		/* Not an open resolver: REFUSED (RFC 8906 3.1.5), small and
-		 * no larger than the query, whatever else it is. */
-		g.stats.refused++;
-		query_reply_error(msg, &qi, from, DNS_RCODE_REFUSED,
-		    EDE_PROHIBITED, "not in --allow");
+		query_refuse(msg, len, &qi, from);	/* whatever else it is */
 		return;
 	}
 	if (rc != 0) {
@@ -6144,6 +6180,22 @@ static const char *const observe_rcodes[STATS_RCODES] = {
 	"other",
 };
 
+/* Per-upstream and per-zone metrics: name (after "dotproxy_"), help. */
+static const char *const observe_upstream_metrics[][2] = {
+	{ "upstream_up", "1 if the upstream is verified and not failing." },
+	{ "upstream_queries_total", "Queries sent to the upstream." },
+	{ "upstream_connects_total", "TLS connections made." },
+	{ "upstream_resumptions_total", "TLS sessions resumed." },
+	{ "upstream_failures_total", "Connections that failed." },
+	{ "upstream_rtt_seconds", "Smoothed round trip of its answers "
+	    "(RFC 6298)." },
+};
+static const char *const observe_zone_metrics[][2] = {
+	{ "zone_queries_total", "Queries sent to a forward zone's server." },
+	{ "zone_tcp_total", "Of them, asked again over TCP." },
+	{ "zone_failures_total", "Of them, failed." },
+};
+
 /*
  * The Prometheus text format (0.0.4) of every counter, into out. Names
  * follow Prometheus' conventions (dotproxy_ prefix, _total counters, base
@@ -6155,7 +6207,7 @@ observe_metrics(char *out, size_t cap)
 {
 	char addr[INET6_ADDRSTRLEN + 8], name[2 * AUTHNAME_MAX_BYTES];
 	unsigned long long cum = 0;
-	size_t o = 0, i, b;
+	size_t o = 0, i, b, m;
 
 #define M_HEAD(n, t, h) (o += observe_head(out + o, cap - o, n, t, h))
 #define M_LINE(...) (o += util_fmt(out + o, cap - o, __VA_ARGS__))
@@ -6220,51 +6272,43 @@ observe_metrics(char *out, size_t cap)
 	M_LINE("dotproxy_queries_in_flight %zu\n", MAX_PENDING - g.n_free);
 	M_HEAD("tcp_clients", "gauge", "TCP client connections.");
 	M_LINE("dotproxy_tcp_clients %zu\n", observe_tcp_clients());
-	M_HEAD("upstream_up", "gauge", "1 if the upstream is verified and not "
-	    "failing.");
-	M_HEAD("upstream_queries_total", "counter", "Queries sent to the "
-	    "upstream.");
-	M_HEAD("upstream_connects_total", "counter", "TLS connections made.");
-	M_HEAD("upstream_resumptions_total", "counter", "TLS sessions "
-	    "resumed.");
-	M_HEAD("upstream_failures_total", "counter", "Connections that "
-	    "failed.");
-	M_HEAD("upstream_rtt_seconds", "gauge", "Smoothed round trip of its "
-	    "answers (RFC 6298).");
-	for (i = 0; i < g.n_upstreams; i++) {
-		const struct upstream *u = &g.upstreams[i];
-		char lab[sizeof addr + sizeof name + 32];
+	/* One group per metric (HELP, TYPE, then its samples), each with a
+	 * sample per upstream or zone. */
+	for (m = 0; m < sizeof observe_upstream_metrics /
+	    sizeof observe_upstream_metrics[0]; m++) {
+		M_HEAD(observe_upstream_metrics[m][0],
+		    m == 0 || m == 5 ? "gauge" : "counter",
+		    observe_upstream_metrics[m][1]);
+		for (i = 0; i < g.n_upstreams; i++) {
+			const struct upstream *u = &g.upstreams[i];
+			unsigned long v[5] = { (unsigned long)
+			    observe_upstream_up(u), u->n_queries,
+			    u->n_connects, u->n_resumed, u->n_failures };
 
-		util_format_addr(&u->addr, addr, sizeof addr);
-		observe_label(name, sizeof name, u->name);
-		util_fmt(lab, sizeof lab, "{upstream=\"%s\",name=\"%s\"}", addr,
-		    name);
-		M_LINE("dotproxy_upstream_up%s %d\n"
-		    "dotproxy_upstream_queries_total%s %lu\n"
-		    "dotproxy_upstream_connects_total%s %lu\n"
-		    "dotproxy_upstream_resumptions_total%s %lu\n"
-		    "dotproxy_upstream_failures_total%s %lu\n"
-		    "dotproxy_upstream_rtt_seconds%s %lld.%03lld\n", lab,
-		    observe_upstream_up(u), lab, u->n_queries, lab,
-		    u->n_connects, lab, u->n_resumed, lab, u->n_failures, lab,
-		    (long long)(u->srtt_ms / 1000),
-		    (long long)(u->srtt_ms % 1000));
+			util_format_addr(&u->addr, addr, sizeof addr);
+			observe_label(name, sizeof name, u->name);
+			M_LINE("dotproxy_%s{upstream=\"%s\",name=\"%s\"} ",
+			    observe_upstream_metrics[m][0], addr, name);
+			if (m < 5)
+				M_LINE("%lu\n", v[m]);
+			else
+				M_LINE("%lld.%03lld\n",
+				    (long long)(u->srtt_ms / 1000),
+				    (long long)(u->srtt_ms % 1000));
+		}
 	}
-	if (g.n_zones != 0) {
-		M_HEAD("zone_queries_total", "counter", "Queries sent to a "
-		    "forward zone's server.");
-		M_HEAD("zone_tcp_total", "counter", "Of them, asked again over "
-		    "TCP.");
-		M_HEAD("zone_failures_total", "counter", "Of them, failed.");
-	}
-	for (i = 0; i < g.n_zones; i++) {
-		const struct zone *z = &g.zones[i];
+	for (m = 0; m < 3 && g.n_zones != 0; m++) {
+		M_HEAD(observe_zone_metrics[m][0], "counter",
+		    observe_zone_metrics[m][1]);
+		for (i = 0; i < g.n_zones; i++) {
+			const struct zone *z = &g.zones[i];
+			unsigned long v[3] = { z->n_queries, z->n_tcp,
+			    z->n_failures };
 
-		observe_label(name, sizeof name, z->domain);
-		M_LINE("dotproxy_zone_queries_total{zone=\"%s\"} %lu\n"
-		    "dotproxy_zone_tcp_total{zone=\"%s\"} %lu\n"
-		    "dotproxy_zone_failures_total{zone=\"%s\"} %lu\n", name,
-		    z->n_queries, name, z->n_tcp, name, z->n_failures);
+			observe_label(name, sizeof name, z->domain);
+			M_LINE("dotproxy_%s{zone=\"%s\"} %lu\n",
+			    observe_zone_metrics[m][0], name, v[m]);
+		}
 	}
 	M_HEAD("build_info", "gauge", "Version, and the TLS library.");
 	M_LINE("dotproxy_build_info{version=\"%s\",bearssl=\"0.6\"} 1\n",
@@ -6524,14 +6568,15 @@ observe_log_stats(void)
 
 	o = util_fmt(line, sizeof line, "dotproxy: stats: queries udp=%lu "
 	    "tcp=%lu; cache hits=%lu misses=%lu stale=%lu entries=%zu "
-	    "evictions=%lu prefetches=%lu; servfail=%lu refused=%lu local=%lu "
-	    "coalesced=%lu hedged=%lu hedges_capped=%lu; "
-	    "in_flight=%zu tcp_clients=%zu", g.stats.queries_udp,
+	    "evictions=%lu prefetches=%lu stale_timer=%lu; servfail=%lu "
+	    "refused=%lu dropped=%lu local=%lu coalesced=%lu hedged=%lu "
+	    "hedges_capped=%lu; in_flight=%zu tcp_clients=%zu",
+	    g.stats.queries_udp,
 	    g.stats.queries_tcp, g.cache.hits, g.cache.misses, g.cache.stale,
 	    g.cache.n_blocks ? g.cache.n_entries - cache_free_entries() : 0,
-	    g.cache.evictions, g.stats.prefetched,
+	    g.cache.evictions, g.stats.prefetched, g.stats.stale_timer,
 	    g.stats.answers[DNS_RCODE_SERVFAIL], g.stats.refused,
-	    g.stats.local, g.stats.coalesced, g.stats.hedged,
+	    g.stats.dropped, g.stats.local, g.stats.coalesced, g.stats.hedged,
 	    g.stats.hedges_capped,
 	    MAX_PENDING - g.n_free, observe_tcp_clients());
 	for (i = 0; i < g.n_upstreams && o < sizeof line; i++) {
@@ -6549,10 +6594,9 @@ observe_log_stats(void)
 		    "queries=%lu tcp=%lu failures=%lu", z->label, z->n_queries,
 		    z->n_tcp, z->n_failures);
 	}
-	if (o >= sizeof line - 1)
-		o = sizeof line - 2;
-	line[o++] = '\n';
-	(void)!write(2, line, o);
+	/* Asked for: written whatever --quiet says, with info's prefix. */
+	log_line(LOG_INFO, line, sizeof line, o < sizeof line ? o :
+	    sizeof line - 1);
 }
 
 /* ==== loop: fd sets, select(), dispatch, timers ======================= */
@@ -7819,18 +7863,16 @@ start_notify(void)
 		g_log.watchdog_ms = (int64_t)(v / 2000 ? v / 2000 : 1);
 }
 
-/* Where logs go: journald's stream (JOURNAL_STREAM names our stderr:
- * lines get <N> level prefixes), or --syslog's /dev/log. */
+/* Is stderr journald's stream (JOURNAL_STREAM names it)? Then lines get
+ * <N> level prefixes: first thing, so that option errors have theirs. */
 static void
-start_logging(int want_syslog)
+start_journal(void)
 {
 	const char *js = getenv("JOURNAL_STREAM");
-	struct sockaddr_un sun = { AF_UNIX, "/dev/log" };
 	struct stat st;
 	unsigned long dev, ino;
 	const char *colon;
 	char buf[32];
-	int fd;
 
 	if (js != NULL && (colon = strchr(js, ':')) != NULL &&
 	    (size_t)(colon - js) < sizeof buf && fstat(2, &st) == 0) {
@@ -7841,6 +7883,15 @@ start_logging(int want_syslog)
 		    dev == (unsigned long)st.st_dev &&
 		    ino == (unsigned long)st.st_ino;
 	}
+}
+
+/* --syslog: log lines go to /dev/log instead (else stderr stays). */
+static void
+start_syslog(int want_syslog)
+{
+	struct sockaddr_un sun = { AF_UNIX, "/dev/log" };
+	int fd;
+
 	if (!want_syslog)
 		return;
 	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -8158,7 +8209,7 @@ start_up(const struct start_opts *o)
 	size_t i;
 
 	start_close_inherited(3 + activated);
-	start_logging(o->syslog);
+	start_syslog(o->syslog);
 	start_notify();
 	if (g.n_upstreams == 0) {
 		env = getenv("DOT_SERVER");
@@ -8229,6 +8280,7 @@ start_stop(void)
 int
 main(int argc, char **argv)
 {
+	start_journal();
 	config_defaults();
 	config_parse_args(argc, argv);
 	if (config.probe)

@@ -281,3 +281,29 @@ def test_unit_security_score(unit_copy):
     score = float(m.group(1))
     print("systemd-analyze security: %.1f" % score)
     assert score <= 1.6, "worse than before socket activation (1.6): %.1f" % score
+
+
+@pytest.mark.parametrize("mistake", ["misspelt-key", "bad-address", "no-service"])
+def test_socket_unit_verify_catches_mistakes(tmp_path, unit_copy, mistake):
+    """The socket's check can fail too: a misspelt key or an address out of range in
+    dotproxy.socket, or the service it starts missing, is reported."""
+    sa = shutil.which("systemd-analyze")
+    assert sa
+    d = tmp_path / mistake
+    d.mkdir()
+    text = (unit_copy.parent / "dotproxy.socket").read_text()
+    if mistake == "misspelt-key":
+        text, want = text.replace("FreeBind=", "FreeBinde="), "FreeBinde"
+    elif mistake == "bad-address":
+        text, want = text.replace("ListenDatagram=127.0.0.1:53",
+                                  "ListenDatagram=127.0.0.1:99999"), "99999"
+    else:
+        want = "dotproxy.service not loaded"
+    assert text != (unit_copy.parent / "dotproxy.socket").read_text() or mistake == "no-service"
+    (d / "dotproxy.socket").write_text(text)
+    files = [str(d / "dotproxy.socket")]
+    if mistake != "no-service":
+        (d / "dotproxy.service").write_text(unit_copy.read_text())
+        files.append(str(d / "dotproxy.service"))
+    r = subprocess.run([sa, "verify"] + files, capture_output=True, text=True, cwd=str(d))
+    assert want in r.stdout + r.stderr, r.stdout + r.stderr

@@ -1180,7 +1180,7 @@ test_errors(void)
 	qlen = mkquery(q, 0x0A0B, "example.test", 1, 1, 4096);
 	q[3] = DNS_FLAG_CD;
 	qi = qinfo(q, qlen);
-	len = dns_make_error(out, q, &qi, DNS_RCODE_SERVFAIL);
+	len = dns_make_error(out, q, &qi, DNS_RCODE_SERVFAIL, -1, NULL);
 	CHECK_EQ(len, qlen);
 	CHECK_EQ(get16(out), 0x0A0B);
 	CHECK_EQ(out[2], DNS_FLAG_QR | DNS_FLAG_RD);
@@ -1197,7 +1197,7 @@ test_errors(void)
 	/* without a parsed question or OPT: header only */
 	qi.qend = 0;
 	qi.has_opt = 0;
-	len = dns_make_error(out, q, &qi, DNS_RCODE_FORMERR);
+	len = dns_make_error(out, q, &qi, DNS_RCODE_FORMERR, -1, NULL);
 	CHECK_EQ(len, 12);
 	CHECK(get16(out + 4) == 0 && get16(out + 10) == 0);
 	CHECK_EQ(out[3] & 0x0F, 1);
@@ -1206,7 +1206,7 @@ test_errors(void)
 	put16(q, 5);
 	qlen = add_opt(q, 12, 1232, 0, 0, 0x8000, NULL, 0);
 	CHECK_EQ(dns_parse_query(q, qlen, &qi), DNS_RCODE_FORMERR);
-	len = dns_make_error(out, q, &qi, DNS_RCODE_FORMERR);
+	len = dns_make_error(out, q, &qi, DNS_RCODE_FORMERR, -1, NULL);
 	CHECK_EQ(len, 12 + DNS_OPT_BYTES);
 	CHECK(get16(out + 4) == 0 && get16(out + 10) == 1);
 	CHECK(out[3] == (DNS_FLAG_RA | 1) && out[len - 4] == 0x80);
@@ -1215,7 +1215,7 @@ test_errors(void)
 	qlen = mkclient(q, 0x7777, "example.test", 1, 1, 1, 0, 1, 1232, 1);
 	q[3] |= 0x40;
 	qi = qinfo(q, qlen);
-	len = dns_make_error(out, q, &qi, DNS_RCODE_REFUSED);
+	len = dns_make_error(out, q, &qi, DNS_RCODE_REFUSED, -1, NULL);
 	CHECK_EQ(len, qlen);
 	CHECK_EQ(out[3], DNS_FLAG_RA | 5);
 	CHECK_EQ(out[len - 4], 0x80);
@@ -1225,7 +1225,7 @@ test_errors(void)
 	qlen = mkquery(q, 3, "example.test", 1, 0, 0);
 	qlen = add_opt(q, qlen, 1232, 0, 1, 0x8000, NULL, 0);
 	CHECK_EQ(dns_parse_query(q, qlen, &qi), DNS_RCODE_BADVERS);
-	len = dns_make_error(out, q, &qi, DNS_RCODE_BADVERS);
+	len = dns_make_error(out, q, &qi, DNS_RCODE_BADVERS, -1, NULL);
 	CHECK_EQ(len, qlen);
 	CHECK_EQ(out[3] & 0x0F, 0);
 	o = out + len - DNS_OPT_BYTES;
@@ -1237,7 +1237,7 @@ test_errors(void)
 	/* TC (an oversized UDP query): NOERROR, TC=1, question and OPT */
 	qlen = mkquery(q, 4, "example.test", 1, 1, 1232);
 	qi = qinfo(q, qlen);
-	len = dns_make_error(out, q, &qi, DNS_REPLY_TC);
+	len = dns_make_error(out, q, &qi, DNS_REPLY_TC, -1, NULL);
 	CHECK_EQ(len, qlen);
 	CHECK_EQ(out[2], DNS_FLAG_QR | DNS_FLAG_TC | DNS_FLAG_RD);
 	CHECK_EQ(out[3] & 0x0F, 0);
@@ -1248,7 +1248,7 @@ test_errors(void)
 	qlen = mkclient(q, 8, "example.test", 1, 1, 0, 0, 1, 1232, 1);
 	q[2] |= 5 << 3;
 	CHECK_EQ(dns_parse_query(q, qlen, &qi), DNS_RCODE_NOTIMP);
-	len = dns_make_error(out, q, &qi, DNS_RCODE_NOTIMP);
+	len = dns_make_error(out, q, &qi, DNS_RCODE_NOTIMP, -1, NULL);
 	CHECK_EQ(out[2], DNS_FLAG_QR | 5 << 3 | DNS_FLAG_RD);
 	CHECK_EQ(out[3] & 0x0F, 4);
 	CHECK(len == qlen && out[len - 4] == 0x80);
@@ -1755,6 +1755,11 @@ local_soa_at(const unsigned char *m, size_t len, size_t off, size_t apex)
 }
 
 /* Special-use names answered by dotproxy itself. */
+/* The Extended DNS Error of a local answer (RFC 8914 4.1: Other). */
+static const char local_ede_text[] =
+    "special-use name, answered locally (RFC 6761)";
+#define LOCAL_EDE_BYTES	(4 + 2 + sizeof local_ede_text - 1)
+
 static void
 test_local_answer(void)
 {
@@ -1881,22 +1886,40 @@ test_local_answer(void)
 		qi = qinfo(q, qlen);
 		CHECK_EQ(dns_local_answer(out, q, &qi), 0);
 	}
-	/* with the client's OPT (DO=1): our OPT, last, counted once */
+	/* with the client's OPT (DO=1): our OPT, last, counted once, with
+	 * an Extended DNS Error saying why (RFC 8914: 0, Other) */
 	qlen = mkclient(q, 9, "localhost", 1, 1, 0, 0, 1, 4096, 1);
 	qi = qinfo(q, qlen);
 	len = dns_local_answer(out, q, &qi);
-	CHECK_EQ(len, qlen + 16);
+	CHECK_EQ(len, qlen + 16 + LOCAL_EDE_BYTES);
 	CHECK_EQ(get16(out + 10), 1);
 	CHECK(dns_summarize(out, len, qi.qend, &s) == 0 && s.opt_end == len &&
 	    s.end == len);
-	CHECK_EQ(out[len - 4], 0x80);
+	CHECK_EQ(out[s.opt_start + 7], 0x80);
+	CHECK_EQ(get16(out + s.opt_start + 9), LOCAL_EDE_BYTES);
+	CHECK_EQ(get16(out + s.opt_start + 11), EDNS_OPTION_EDE);
+	CHECK_EQ(get16(out + s.opt_start + 13), LOCAL_EDE_BYTES - 4);
+	CHECK_EQ(get16(out + s.opt_start + 15), EDE_OTHER);
+	CHECK_MEM(out + s.opt_start + 17, (const unsigned char *)local_ede_text,
+	    sizeof local_ede_text - 1);
 	CHECK_EQ(dns_parse_answer(out, len), qi.qend);
 	qlen = mkclient(q, 9, "x.invalid", 6, 1, 0, 0, 1, 1232, 0);
 	qi = qinfo(q, qlen);
 	len = dns_local_answer(out, q, &qi);
-	CHECK(len == (size_t)qi.qend + 59 + DNS_OPT_BYTES &&
+	CHECK(len == (size_t)qi.qend + 59 + DNS_OPT_BYTES + LOCAL_EDE_BYTES &&
 	    get16(out + 10) == 1);
 	CHECK(dns_summarize(out, len, qi.qend, &s) == 0 && s.opt_end == len);
+	/* another class with the client's OPT: REFUSED, EDE 21 (Not
+	 * Supported) */
+	qlen = mkclient(q, 10, "localhost", 1, 1, 0, 0, 1, 1232, 0);
+	put16(q + 12 + 11 + 2, 3);		/* QCLASS: CH */
+	qi = qinfo(q, qlen);
+	CHECK_EQ(qi.qclass, 3);
+	len = dns_local_answer(out, q, &qi);
+	CHECK_EQ(out[3] & 0x0F, DNS_RCODE_REFUSED);
+	CHECK(dns_summarize(out, len, qi.qend, &s) == 0 && s.opt_end == len);
+	CHECK_EQ(get16(out + s.opt_start + 11), EDNS_OPTION_EDE);
+	CHECK_EQ(get16(out + s.opt_start + 15), EDE_NOT_SUPPORTED);
 	/* the longest name, NODATA, OPT: within DNS_LOCAL_MAX_BYTES */
 	{
 		size_t off = 12;
@@ -1917,8 +1940,8 @@ test_local_answer(void)
 		qlen = add_opt(q, off + 4, 1232, 0, 0, 0x8000, NULL, 0);
 		qi = qinfo(q, qlen);
 		len = dns_local_answer(out, q, &qi);
-		CHECK(len == (size_t)qi.qend + 59 + DNS_OPT_BYTES &&
-		    len <= DNS_LOCAL_MAX_BYTES);
+		CHECK(len == (size_t)qi.qend + 59 + DNS_OPT_BYTES +
+		    LOCAL_EDE_BYTES && len <= DNS_LOCAL_MAX_BYTES);
 	}
 }
 
@@ -2852,6 +2875,176 @@ test_trust(void)
 }
 
 
+/* observe_parse_http: a request line and headers up to the blank line
+ * (RFC 9112 3); the target as a pointer into the buffer. */
+static void
+test_http_parse(void)
+{
+	static const struct {
+		const char *in;
+		int rc, get;
+		const char *path;
+	} cases[] = {
+		{ "GET /health HTTP/1.1\r\nHost: 127.0.0.1:8053\r\n"
+		    "User-Agent: kube-probe/1.29\r\n\r\n", 1, 1, "/health" },
+		{ "GET /ready HTTP/1.0\r\n\r\n", 1, 1, "/ready" },
+		{ "GET /metrics HTTP/1.1\r\n\r\nbody after", 1, 1, "/metrics" },
+		{ "POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1, 0,
+		    "/health" },
+		{ "HEAD / HTTP/1.1\r\n\r\n", 1, 0, "/" },
+		{ "GETX /health HTTP/1.1\r\n\r\n", 1, 0, "/health" },
+		{ "get /health HTTP/1.1\r\n\r\n", 1, 0, "/health" },
+		{ "GET /a?b=c HTTP/1.1\r\n\r\n", 1, 1, "/a?b=c" },
+		/* more to come */
+		{ "", 0, 0, NULL },
+		{ "GET /health HTTP/1.1", 0, 0, NULL },
+		{ "GET /health HTTP/1.1\r\nHost: x\r\n", 0, 0, NULL },
+		{ "GET /health HTTP/1.1\r\n\r", 0, 0, NULL },
+		{ "GET /health HTTP/1.1\n\n", 0, 0, NULL },
+		/* never a request we take */
+		{ "hello\r\n\r\n", -1, 0, NULL },
+		{ "\r\n\r\n", -1, 0, NULL },
+		{ "GET /health\r\n\r\n", -1, 0, NULL },
+		{ " /health HTTP/1.1\r\n\r\n", -1, 0, NULL },
+		{ "GET  /health HTTP/1.1\r\n\r\n", -1, 0, NULL },
+		{ "GET /health HTTP/2.0\r\n\r\n", -1, 0, NULL },
+		{ "GET /health HTTP/1.1 \r\n\r\n", -1, 0, NULL },
+		{ "GET /health HTTP/1.\r\n\r\n", -1, 0, NULL },
+		{ "GET /health http/1.1\r\n\r\n", -1, 0, NULL },
+		{ "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", -1, 0, NULL },
+	};
+	static char big[HTTP_IN_BYTES + 1];
+	const char *path = NULL;
+	size_t i, plen = 0;
+	int get = -1, rc;
+
+	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		size_t n = strlen(cases[i].in);
+		char *b = malloc(n ? n : 1);	/* exact size */
+
+		memcpy(b, cases[i].in, n);
+		path = NULL;
+		plen = 0;
+		get = -1;
+		rc = observe_parse_http(b, n, &path, &plen, &get);
+		CHECK_EQ(rc, cases[i].rc);
+		if (rc != cases[i].rc)
+			fprintf(stderr, "  case %zu: '%s'\n", i, cases[i].in);
+		if (rc == 1 && cases[i].rc == 1) {
+			CHECK_EQ(get, cases[i].get);
+			CHECK(path >= b && path + plen <= b + n);
+			CHECK_EQ(plen, strlen(cases[i].path));
+			CHECK(memcmp(path, cases[i].path, plen) == 0);
+		}
+		if (rc != 1)
+			CHECK(path == NULL && plen == 0 && get == -1);
+		free(b);
+	}
+	/* a full buffer without its blank line: never, not "more" */
+	memset(big, 'x', sizeof big);
+	CHECK_EQ(observe_parse_http(big, HTTP_IN_BYTES - 1, &path, &plen, &get),
+	    0);
+	CHECK_EQ(observe_parse_http(big, HTTP_IN_BYTES, &path, &plen, &get),
+	    -1);
+	memcpy(big, "GET /health HTTP/1.1\r\n", 22);
+	CHECK_EQ(observe_parse_http(big, HTTP_IN_BYTES, &path, &plen, &get),
+	    -1);
+	/* the blank line as the last 4 bytes of a full buffer */
+	memcpy(big + HTTP_IN_BYTES - 4, "\r\n\r\n", 4);
+	CHECK_EQ(observe_parse_http(big, HTTP_IN_BYTES, &path, &plen, &get), 1);
+	CHECK(get == 1 && plen == 7 && path == big + 4);
+}
+
+/* dns_add_ede: an EDE option (RFC 8914 2) after the OPT that ends the
+ * message, RDLENGTH grown, ARCOUNT as it was; text cut at
+ * DNS_EDE_TEXT_MAX; nothing when it does not fit. */
+static void
+test_ede(void)
+{
+	unsigned char q[512], m[1024], before[1024], out[DNS_ERROR_MAX_BYTES];
+	char long_text[300];
+	struct dns_query_info qi;
+	struct dns_summary s;
+	size_t qlen, len, opt, n;
+
+	qlen = mkquery(q, 0x1234, "example.test", 1, 0, 0);
+	memcpy(m, q, qlen);
+	opt = qlen;
+	len = dns_put_opt(m, qlen, 0, 0, 0);
+	CHECK_EQ(len, qlen + DNS_OPT_BYTES);
+	CHECK_EQ(get16(m + 10), 1);
+	n = dns_add_ede(m, len, sizeof m, opt, EDE_NO_REACHABLE, "no answer");
+	CHECK_EQ(n, len + 6 + 9);
+	CHECK_MEM(m + len, (const unsigned char *)"\0\x0f\0\x0b\0\x16no answer",
+	    15);
+	CHECK_EQ(get16(m + opt + 9), 15);
+	CHECK_EQ(get16(m + 10), 1);
+	CHECK(dns_summarize(m, n, qlen, &s) == 0 && s.opt_start == opt &&
+	    s.opt_end == n && s.end == n);
+	/* a second one: after the first; no text: INFO-CODE alone */
+	len = n;
+	n = dns_add_ede(m, len, sizeof m, opt, EDE_STALE, NULL);
+	CHECK_EQ(n, len + 6);
+	CHECK_MEM(m + len, (const unsigned char *)"\0\x0f\0\x02\0\x03", 6);
+	CHECK_EQ(get16(m + opt + 9), 21);
+	CHECK(dns_summarize(m, n, qlen, &s) == 0 && s.opt_end == n);
+	/* a long text: cut at DNS_EDE_TEXT_MAX bytes */
+	memset(long_text, 'y', sizeof long_text - 1);
+	long_text[sizeof long_text - 1] = '\0';
+	len = dns_put_opt(m, qlen, 0, 0, 0);
+	put16(m + 10, 1);
+	n = dns_add_ede(m, len, sizeof m, opt, EDE_NETWORK_ERROR, long_text);
+	CHECK_EQ(n, len + 6 + DNS_EDE_TEXT_MAX);
+	CHECK_EQ(get16(m + len + 2), 2 + DNS_EDE_TEXT_MAX);
+	CHECK_EQ(get16(m + len + 4), EDE_NETWORK_ERROR);
+	CHECK_EQ(get16(m + opt + 9), 6 + DNS_EDE_TEXT_MAX);
+	CHECK(n - len <= DNS_EDE_MAX_BYTES);
+	/* no room: the message as it was */
+	len = dns_put_opt(m, qlen, 0, 0, 0);
+	put16(m + 10, 1);
+	memcpy(before, m, len);
+	CHECK_EQ(dns_add_ede(m, len, len + 6 + 8, opt, 0, "123456789"), len);
+	CHECK_MEM(m, before, len);
+	CHECK_EQ(dns_add_ede(m, len, len + 6 + 9, opt, 0, "123456789"),
+	    len + 15);
+	CHECK_EQ(dns_add_ede(m, len, len + 5, opt, 0, NULL), len);
+
+	/* dns_make_error with an EDE: only for a client that sent an OPT */
+	qlen = mkclient(q, 0x4321, "secret.example", 1, 1, 0, 0, 1, 1232, 1);
+	qi = qinfo(q, qlen);
+	len = dns_make_error(out, q, &qi, DNS_RCODE_SERVFAIL,
+	    EDE_NETWORK_ERROR, "upstream 192.0.2.1:853 (dns.example): x");
+	CHECK_EQ(len, qlen + 6 + 39);
+	CHECK(dns_summarize(out, len, qi.qend, &s) == 0 && s.opt_end == len);
+	CHECK_EQ(out[3] & 0x0F, DNS_RCODE_SERVFAIL);
+	CHECK_EQ(out[s.opt_start + 7], 0x80);
+	CHECK_EQ(get16(out + s.opt_start + 9), 6 + 39);
+	CHECK_EQ(get16(out + s.opt_start + 11), EDNS_OPTION_EDE);
+	CHECK_EQ(get16(out + s.opt_start + 15), EDE_NETWORK_ERROR);
+	CHECK_MEM(out + s.opt_start + 17, (const unsigned char *)
+	    "upstream 192.0.2.1:853 (dns.example): x", 39);
+	CHECK_EQ(dns_parse_answer(out, len), qi.qend);
+	/* the longest question and text: within DNS_ERROR_MAX_BYTES */
+	memset(long_text, 'z', sizeof long_text - 1);
+	len = dns_make_error(out, q, &qi, DNS_RCODE_SERVFAIL, EDE_OTHER,
+	    long_text);
+	CHECK_EQ(len, qlen + 6 + DNS_EDE_TEXT_MAX);
+	CHECK(len <= DNS_ERROR_MAX_BYTES);
+	/* without the client's OPT: no EDE */
+	qlen = mkclient(q, 0x4322, "secret.example", 1, 1, 0, 0, 0, 0, 0);
+	qi = qinfo(q, qlen);
+	len = dns_make_error(out, q, &qi, DNS_RCODE_REFUSED, EDE_PROHIBITED,
+	    "not in --allow");
+	CHECK_EQ(len, qlen);
+	CHECK_EQ(get16(out + 10), 0);
+	/* ede < 0: the OPT alone */
+	qlen = mkclient(q, 0x4323, "secret.example", 1, 1, 0, 0, 1, 1232, 0);
+	qi = qinfo(q, qlen);
+	len = dns_make_error(out, q, &qi, DNS_RCODE_FORMERR, -1, "ignored");
+	CHECK_EQ(len, qlen);
+	CHECK_EQ(get16(out + len - 2), 0);
+}
+
 /* A test caught in an endless loop (an ID map that never finds a free
  * place, say) fails instead of hanging. */
 static const char *current_test = "";
@@ -2890,6 +3083,8 @@ main(void)
 	RUN(test_build_query);
 	RUN(test_prepare_answer);
 	RUN(test_local_answer);
+	RUN(test_ede);
+	RUN(test_http_parse);
 	RUN(test_numbers);	/* util_rand16 first: idmap_take needs it */
 	RUN(test_idmap);
 	RUN(test_specs);

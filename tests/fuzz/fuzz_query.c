@@ -1,12 +1,13 @@
 /*
  * libFuzzer harness: a client's UDP datagram (or TCP frame body) as the
  * proxy sees it. dns_parse_query; every answer dotproxy makes itself
- * (dns_make_error with each RCODE, BADVERS and TC; dns_local_answer); for
- * a query it would forward: the cache key and hash, dns_match_zone,
- * query_name_text, and dns_build_query at every padding block (the query
- * that goes upstream must be a clean query: the same question, exactly
- * one OPT of ours, nothing else of the client's). Checks the invariants
- * the rest of the proxy relies on (see the asserts).
+ * (dns_make_error with each RCODE, BADVERS and TC, with and without an
+ * Extended DNS Error; dns_local_answer); for a query it would forward:
+ * the cache key and hash, dns_match_zone, query_name_text, and
+ * dns_build_query at every padding block (the query that goes upstream
+ * must be a clean query: the same question, exactly one OPT of ours,
+ * nothing else of the client's). Checks the invariants the rest of the
+ * proxy relies on (see the asserts).
  *
  * Build and run: make fuzz (tests/fuzz/README.md).
  */
@@ -19,6 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static const unsigned char zone_lan[] = "\3lan";		/* lan. */
 static const unsigned char zone_cl[] = "\7cluster\5local";	/* cluster.local. */
 static const unsigned char zone_root[] = "";			/* . */
+static char fuzz_ede_text[DNS_EDE_TEXT_MAX + 40];		/* 'e's */
 
 /* An answer of dotproxy's own (error or local) to the query m/qi. */
 static void
@@ -73,6 +75,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size > MSG_MAX_BYTES)
 		return 0;
+	if (fuzz_ede_text[0] == '\0')
+		memset(fuzz_ede_text, 'e', sizeof fuzz_ede_text - 1);
 	m = fuzz_dup(data, size);	/* exact size: ASan sees overreads */
 	rc = dns_parse_query(m, size, &qi);
 	if (rc == DNS_DROP) {
@@ -97,13 +101,27 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (rc == DNS_RCODE_BADVERS)
 		FUZZ_ASSERT(qi.has_opt && qi.edns_version != 0);
 
-	/* Every answer of dotproxy's own: never longer than the query
-	 * (REFUSED is no amplifier), the question and OPT echoed. */
+	/* Every answer of dotproxy's own: the question and OPT echoed;
+	 * without an EDE never longer than the query (REFUSED is no
+	 * amplifier). */
 	for (i = 0; i < sizeof rcodes / sizeof rcodes[0]; i++) {
 		struct dns_summary s;
 
 		out = fuzz_alloc(DNS_ERROR_MAX_BYTES);
-		len = dns_make_error(out, m, &qi, rcodes[i]);
+		/* with an Extended DNS Error (RFC 8914) and the longest
+		 * text: the same answer, the option last in its OPT */
+		len = dns_make_error(out, m, &qi, rcodes[i], EDE_NETWORK_ERROR,
+		    fuzz_ede_text);
+		FUZZ_ASSERT(len <= DNS_ERROR_MAX_BYTES);
+		check_own_answer(out, len, m, &qi);
+		if (qi.has_opt) {
+			size_t e = len - 6 - DNS_EDE_TEXT_MAX;
+
+			FUZZ_ASSERT(get16(out + e) == EDNS_OPTION_EDE);
+			FUZZ_ASSERT(get16(out + e + 2) == 2 + DNS_EDE_TEXT_MAX);
+			FUZZ_ASSERT(get16(out + e + 4) == EDE_NETWORK_ERROR);
+		}
+		len = dns_make_error(out, m, &qi, rcodes[i], -1, NULL);
 		FUZZ_ASSERT(len <= DNS_ERROR_MAX_BYTES);
 		FUZZ_ASSERT(len <= size);
 		check_own_answer(out, len, m, &qi);

@@ -209,6 +209,39 @@ def certs():
         shutil.rmtree(d)
 
 
+def http_requests():
+    """What clients of --http send (a Kubernetes probe, Prometheus, curl) and what they
+    should not (other methods, partial heads, another protocol, a full buffer)."""
+    return {
+        "get-health-kube-probe": b"GET /health HTTP/1.1\r\nHost: 10.0.0.5:8053\r\n"
+                                 b"User-Agent: kube-probe/1.29\r\nAccept: */*\r\n"
+                                 b"Connection: close\r\n\r\n",
+        "get-ready-http10": b"GET /ready HTTP/1.0\r\n\r\n",
+        "get-metrics-prometheus": b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:8053\r\n"
+                                  b"User-Agent: Prometheus/2.42.0\r\nAccept: application/"
+                                  b"openmetrics-text;version=1.0.0,application/openmetrics-"
+                                  b"text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,"
+                                  b"*/*;q=0.1\r\nAccept-Encoding: gzip\r\n"
+                                  b"X-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n",
+        "get-metrics-curl": b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:8053\r\n"
+                            b"User-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n",
+        "post-health": b"POST /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2"
+                       b"\r\n\r\n{}",
+        "head-health": b"HEAD /health HTTP/1.1\r\n\r\n",
+        "get-unknown-path": b"GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n",
+        "get-absolute-form": b"GET http://127.0.0.1:8053/health HTTP/1.1\r\n\r\n",
+        "partial": b"GET /hea",
+        "partial-no-blank-line": b"GET /health HTTP/1.1\r\nHost: x\r\n",
+        "lf-only": b"GET /health HTTP/1.1\n\n",
+        "garbage": b"hello\r\n\r\n",
+        "no-version": b"GET /health\r\n\r\n",
+        "http2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        "tls-client-hello": bytes.fromhex("16030100a5010000a10303") + bytes(32) + b"\r\n\r\n",
+        "long-header": b"GET /health HTTP/1.1\r\nX-Long: " + b"a" * 1000 + b"\r\n\r\n",
+        "full-buffer": b"GET /health HTTP/1.1\r\nX: " + b"b" * 997 + b"\r\n",   # 1024
+    }
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
@@ -238,6 +271,8 @@ def main():
     write("fuzz_cert", "intermediate", b"\x01" + der["int"])
     write("fuzz_cert", "rsa-root", b"\x01" + der["root"])
     write("fuzz_cert", "other-leaf", b"\x00" + der["other-leaf"])
+    for k, v in http_requests().items():
+        write("fuzz_http", k, v)
     n = sum(len(fs) for _, _, fs in os.walk(OUT))
     print("make_corpus: %d seeds in %s" % (n, OUT))
 
