@@ -2,15 +2,17 @@
 
 What the image needs is proved in parts:
 - the Dockerfile's invariants (final stage FROM scratch, numeric non-root USER, EXPOSE 53/udp
-  and 53/tcp, ENTRYPOINT the binary, a checksum-verified BearSSL download in the build stage);
-- the build stage's own `RUN make ...` command, run in a directory holding only what its COPY
-  lines copy, produces a binary that serves DNS from an empty root as uid 65534 (the image's
-  USER). The one difference: BearSSL comes from the local bearssl/ tree (BEARSSL_FROM=dir)
-  instead of the release tarball, as this machine cannot reach bearssl.org; the Makefile
-  checks the tarball's SHA-256 when it does download it (asserted below).
+  and 53/tcp, ENTRYPOINT the binary, BearSSL fetched by .ci/fetch.sh, the release tarball by
+  default, checksum-verified, or a tarball from the build context);
+- the build stage's own RUN commands, run in order in a directory holding only what its COPY
+  lines copy, with its ARGs in the environment, produce a binary that serves DNS from an empty
+  root as uid 65534 (the image's USER). The one difference: BearSSL comes from the local
+  bearssl/ tree (BEARSSL_FROM=dir) instead of the release tarball, as this machine cannot reach
+  bearssl.org; .ci/fetch.sh refuses a tarball whose SHA-256 is not the pinned one (below).
 """
 
 import fnmatch
+import glob
 import json
 import os
 import re
@@ -60,10 +62,14 @@ def stages(ins=None):
     return st
 
 
-def makefile_var(name):
-    text = open(os.path.join(helpers.REPO, "Makefile")).read()
-    m = re.search(r"^%s\s*[:?]?=\s*(\S+)\s*$" % re.escape(name), text, re.M)
-    assert m, "%s not set in the Makefile" % name
+FETCH = os.path.join(helpers.REPO, ".ci", "fetch.sh")
+
+
+def fetch_var(name):
+    """A pin of .ci/fetch.sh (NAME=value at the start of a line)."""
+    text = open(FETCH).read()
+    m = re.search(r"^%s=(\S+)\s*$" % re.escape(name), text, re.M)
+    assert m, "%s not set in .ci/fetch.sh" % name
     return m.group(1)
 
 
@@ -73,15 +79,26 @@ def build_stage():
     return st[0]
 
 
-def build_run_make():
-    """The build stage's RUN make ... command, as argv."""
-    runs = [a for i, a in build_stage() if i == "RUN" and re.match(r"make(\s|$)", a)]
-    assert len(runs) == 1, "want exactly one `RUN make ...` in the build stage: %r" % runs
-    return shlex.split(runs[0])
+def build_runs():
+    """The build stage's RUN commands (shell form), in order."""
+    runs = [a for i, a in build_stage() if i == "RUN"]
+    assert runs and not any(a.startswith("[") for a in runs), runs
+    return runs
+
+
+def build_args():
+    """{name: default or None} of the build stage's ARGs."""
+    out = {}
+    for i, a in build_stage():
+        if i == "ARG":
+            name, eq, default = a.partition("=")
+            out[name] = default if eq else None
+    return out
 
 
 def build_copies():
-    """Sources of the build stage's COPY lines (from the context, not --from)."""
+    """Sources of the build stage's COPY lines (from the context, not --from); a pattern such
+    as bearssl-0.6.tar.g[z] may match nothing."""
     srcs = []
     for i, a in build_stage():
         if i != "COPY":
@@ -91,6 +108,11 @@ def build_copies():
         words = [w for w in words if not w.startswith("--")]
         srcs += words[:-1]
     return srcs
+
+
+def concrete(src):
+    """The file name a COPY source stands for: bearssl-0.6.tar.g[z] -> bearssl-0.6.tar.gz."""
+    return re.sub(r"\[(.)\]", r"\1", src)
 
 
 # ---------------------------------------------------------------- invariants
@@ -126,19 +148,75 @@ def test_entrypoint_is_the_binary():
     dests = [w[-1] for w in copied if any(x.startswith("--from=") for x in w)]
     assert ep[0] in dests, "ENTRYPOINT %r is not a file copied from the build stage %r" % (
         ep[0], dests)
-    assert not any(i in ("RUN", "HEALTHCHECK") for i, _ in final), \
-        "RUN/HEALTHCHECK need a shell the scratch image does not have"
+    assert not any(i == "RUN" for i, _ in final), "RUN needs a shell the scratch image lacks"
+
+
+def test_healthcheck_is_the_binary_in_exec_form():
+    """HEALTHCHECK runs inside the container, which has no shell: exec form (a JSON array),
+    running the copied binary with --probe; a shell form (CMD /dotproxy --probe) would need
+    /bin/sh and fail every time, marking a working container unhealthy."""
+    final = stages()[-1]
+    hcs = [a for i, a in final if i == "HEALTHCHECK"]
+    assert len(hcs) == 1, hcs
+    words = hcs[0].split()
+    opts = {w.split("=")[0]: w.split("=")[1] for w in words if w.startswith("--")}
+    assert set(opts) <= {"--interval", "--timeout", "--start-period", "--retries"}, opts
+    rest = hcs[0][hcs[0].index("CMD") + 3:].strip()
+    cmd = json.loads(rest)
+    assert cmd[:2] == ["/dotproxy", "--probe"], cmd
+    timeout = opts.get("--timeout", "30s")
+    assert timeout.endswith("s") and int(timeout[:-1]) > 1, "--probe waits up to 1 s"
 
 
 def test_build_stage_verifies_bearssl_tarball():
-    argv = build_run_make()
-    assert "BEARSSL_FROM=tarball" in argv, argv
-    assert makefile_var("BEARSSL_SHA256") == BEARSSL_SHA256
-    assert makefile_var("BEARSSL_URL").startswith("https://")
-    mk = open(os.path.join(helpers.REPO, "Makefile")).read()
+    """BearSSL comes from .ci/fetch.sh, by default the release tarball over https, checked
+    against the pinned SHA-256; the Dockerfile knows nothing of how bearssl/ is laid out."""
+    args = build_args()
+    assert args.get("BEARSSL_FROM") == "tarball", args
+    assert "BEARSSL_TARBALL" in args, "no way to give a tarball from the build context"
+    assert "sh .ci/fetch.sh bearssl" in build_runs(), build_runs()
+    assert fetch_var("BEARSSL_SHA256") == BEARSSL_SHA256
+    fetch = open(FETCH).read()
+    assert "BEARSSL_URL=${BEARSSL_URL:-https://bearssl.org/" in fetch
     # the tarball path compares the download's sha256 and stops on a mismatch
-    assert re.search(r'if \[ "\$got" != "\$BEARSSL_SHA256" \]', mk)
-    assert "CHECKSUM MISMATCH" in mk
+    assert re.search(r'if \[ "\$got" != "\$BEARSSL_SHA256" \]', fetch)
+    assert "CHECKSUM MISMATCH" in fetch
+    text = " ".join(a for _, a in instructions())
+    assert ".source" not in text and "bearssl/" not in text, \
+        "the Dockerfile reaches into bearssl/: leave that to .ci/fetch.sh and the Makefile"
+
+
+def test_fetch_refuses_a_tarball_with_another_checksum(tmp_path):
+    """BEARSSL_TARBALL with the wrong content: no bearssl/, exit 1, and no fallback."""
+    bad = tmp_path / "bearssl-0.6.tar.gz"
+    subprocess.run(["tar", "czf", str(bad), "-C", str(tmp_path), "."], check=True)
+    dest = tmp_path / "out" / "bearssl"
+    env = dict(os.environ, BEARSSL_FROM="tarball", BEARSSL_TARBALL=str(bad),
+               BEARSSL_URL="https://bearssl.invalid/x.tar.gz")
+    r = subprocess.run(["sh", FETCH, "bearssl", str(dest)], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1, r
+    assert "CHECKSUM MISMATCH" in r.stderr and BEARSSL_SHA256 in r.stderr, r.stderr
+    assert not dest.exists()
+    assert os.listdir(tmp_path / "out") == [], "work directory left behind"
+
+
+def test_fetch_copies_a_tree_once(tmp_path):
+    """BEARSSL_SRC: a copy (without build/), recorded in .source; a second run does nothing."""
+    src = os.path.join(helpers.REPO, "bearssl")
+    if not os.path.isfile(os.path.join(src, "inc", "bearssl.h")):
+        pytest.skip("bearssl/ not fetched (make bearssl)")
+    dest = tmp_path / "bearssl"
+    env = dict(os.environ, BEARSSL_SRC=src)
+    env.pop("BEARSSL_FROM", None)
+    r = subprocess.run(["sh", FETCH, "bearssl", str(dest)], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (dest / ".source").read_text() == "dir %s\n" % os.path.abspath(src)
+    assert (dest / "tools" / "ta.c").is_file() and os.listdir(dest / "build") == []
+    r = subprocess.run(["sh", FETCH, "bearssl", str(dest)], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "already fetched" in r.stdout, r
 
 
 def test_dockerignore_keeps_what_the_build_copies():
@@ -157,7 +235,9 @@ def test_dockerignore_keeps_what_the_build_copies():
         return keep
 
     for src in build_copies():
-        assert included(src), "%s is copied by the Dockerfile but excluded by .dockerignore" % src
+        assert included(concrete(src)), \
+            "%s is copied by the Dockerfile but excluded by .dockerignore" % src
+    assert "bearssl-0.6.tar.gz" in map(concrete, build_copies())
     for p in ("bearssl/inc/bearssl.h", "dotproxy", ".git/config", "build/x", "dotproxy-mips"):
         assert not included(p), "%s would be sent to the Docker daemon" % p
 
@@ -166,24 +246,29 @@ def test_dockerignore_keeps_what_the_build_copies():
 
 @pytest.fixture(scope="module")
 def docker_built_binary(tmp_path_factory):
-    """Build as the Dockerfile's build stage does: its COPY set, its make command."""
-    if not os.path.isfile(os.path.join(helpers.REPO, "bearssl", ".source")):
+    """Build as the Dockerfile's build stage does: its COPY set, its RUN commands in order
+    with its ARGs in the environment."""
+    if not os.path.isfile(os.path.join(helpers.REPO, "bearssl", "inc", "bearssl.h")):
         pytest.fail("bearssl/ not fetched (make bearssl)")
     src = tmp_path_factory.mktemp("docker-src")
     for f in build_copies():
-        dst = src / f
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(os.path.join(helpers.REPO, f), dst)
-    argv = build_run_make()
-    # BearSSL from the local tree, since bearssl.org is out of reach here (see the docstring).
-    argv = [a for a in argv if not a.startswith("BEARSSL_FROM=")]
-    argv += ["BEARSSL_FROM=dir", "BEARSSL_SRC=" + os.path.join(helpers.REPO, "bearssl"),
-             "-j%d" % (os.cpu_count() or 1)]
+        for path in glob.glob(os.path.join(helpers.REPO, f)):
+            dst = src / os.path.relpath(path, helpers.REPO)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dst)
     env = dict(os.environ)
-    for k in ("CC", "CFLAGS", "LDFLAGS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "TARGET"):
+    for k in ("CC", "CFLAGS", "LDFLAGS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "TARGET",
+              "BEARSSL_FROM", "BEARSSL_SRC", "BEARSSL_TARBALL", "BEARSSL_URL"):
         env.pop(k, None)
-    r = subprocess.run(argv, cwd=str(src), env=env, capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, "%r failed:\n%s\n%s" % (argv, r.stdout[-3000:], r.stderr[-3000:])
+    env.update({k: v for k, v in build_args().items() if v is not None})
+    # BearSSL from the local tree, since bearssl.org is out of reach here (see the docstring).
+    env.update(BEARSSL_FROM="dir", BEARSSL_SRC=os.path.join(helpers.REPO, "bearssl"),
+               MAKEFLAGS="-j%d" % (os.cpu_count() or 1))
+    for cmd in build_runs():
+        r = subprocess.run(["sh", "-c", cmd], cwd=str(src), env=env, capture_output=True,
+                           text=True, timeout=1800)
+        assert r.returncode == 0, "RUN %s failed:\n%s\n%s" % (cmd, r.stdout[-3000:],
+                                                             r.stderr[-3000:])
     binary = src / "dotproxy"
     assert binary.is_file()
     return str(binary)

@@ -245,7 +245,7 @@ def unit_copy(tmp_path, dotproxy_bin):
 
 def test_unit_verifies(unit_copy):
     sa = shutil.which("systemd-analyze")
-    assert sa, "systemd-analyze missing (tests/deps.sh test installs systemd)"
+    assert sa, "systemd-analyze missing (.ci/deps.sh test installs systemd)"
     sock = unit_copy.parent / "dotproxy.socket"
     r = subprocess.run([sa, "verify", str(sock), str(unit_copy)], capture_output=True,
                        text=True, cwd=str(unit_copy.parent))

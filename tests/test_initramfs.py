@@ -34,7 +34,7 @@ def pick_kernel():
         if os.path.isfile("/lib/modules/%s/modules.dep" % ver) and os.access(k, os.R_OK):
             found.append((("cloud" in ver), ver, k))
     if not found:
-        pytest.fail("no readable /boot/vmlinuz-* with modules (tests/deps.sh initramfs; "
+        pytest.fail("no readable /boot/vmlinuz-* with modules (.ci/deps.sh initramfs; "
                     "reading /boot/vmlinuz-* needs root on Debian)")
     found.sort()
     return found[-1][2], found[-1][1]
@@ -42,8 +42,8 @@ def pick_kernel():
 
 def test_initramfs_resolves(dotproxy_bin, pki, unbound, tmp_path):
     qemu = shutil.which("qemu-system-x86_64")
-    assert qemu, "qemu-system-x86_64 missing (tests/deps.sh initramfs)"
-    assert os.path.isfile(BUSYBOX), "busybox-static missing (tests/deps.sh initramfs)"
+    assert qemu, "qemu-system-x86_64 missing (.ci/deps.sh initramfs)"
+    assert os.path.isfile(BUSYBOX), "busybox-static missing (.ci/deps.sh initramfs)"
     kernel, kver = pick_kernel()
 
     initrd = tmp_path / "initramfs.cpio.gz"

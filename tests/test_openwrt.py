@@ -32,10 +32,12 @@ for bb in ("/bin/busybox", "/usr/bin/busybox"):
         SHELLS.append([bb, "sh"])
         break
 
+CI = os.path.join(helpers.REPO, ".ci")
 SHELL_FILES = [INIT, UCI_DEFAULTS, HARNESS,
-               os.path.join(helpers.HERE, "deps.sh"),
                os.path.join(helpers.HERE, "initramfs", "build.sh"),
-               os.path.join(helpers.HERE, "initramfs", "init")]
+               os.path.join(helpers.HERE, "initramfs", "init"),
+               os.path.join(CI, "run")] + \
+    sorted(os.path.join(CI, f) for f in os.listdir(CI) if f.endswith(".sh"))
 
 
 def run_harness(config_text, tmp_path, shell=("sh",), action="start"):
@@ -69,13 +71,20 @@ def shell(request):
 
 # ---------------------------------------------------------------- shellcheck
 
-@pytest.mark.parametrize("path", SHELL_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("path", SHELL_FILES, ids=lambda p: os.path.relpath(p, helpers.REPO))
 def test_shellcheck(path):
+    """POSIX sh, except what says bash in its first line (.ci/run); each script in .ci/ says
+    what it does in a comment at its top."""
     sc = shutil.which("shellcheck")
-    assert sc, "shellcheck missing (tests/deps.sh test installs it)"
-    r = subprocess.run([sc, "-s", "sh", "-x", path], capture_output=True, text=True,
+    assert sc, "shellcheck missing (.ci/deps.sh test installs it)"
+    first = open(path).readline()
+    shell = "bash" if "bash" in first else "sh"
+    r = subprocess.run([sc, "-s", shell, "-x", path], capture_output=True, text=True,
                        cwd=os.path.dirname(path))
     assert r.returncode == 0, r.stdout + r.stderr
+    if os.path.dirname(path) == CI:
+        assert first.startswith("#!") and open(path).read().split("\n")[1].startswith("# "), \
+            "%s: no header comment" % path
 
 
 def test_init_script_is_procd():
@@ -206,17 +215,54 @@ def test_package_makefile():
         assert m, name
         return m.group(1)
 
+    fetch = open(os.path.join(CI, "fetch.sh")).read()
     assert var(mk, "PKG_NAME") == "dotproxy"
-    assert var(mk, "BEARSSL_HASH") == var(top, "BEARSSL_SHA256")
-    assert var(mk, "BEARSSL_VERSION") == var(top, "BEARSSL_VERSION")
+    assert var(mk, "BEARSSL_HASH") == var(fetch, "BEARSSL_SHA256")
+    assert var(mk, "BEARSSL_VERSION") == var(fetch, "BEARSSL_VERSION")
     assert var(mk, "PKG_VERSION") == var(top, "VERSION")
     assert "HASH:=$(BEARSSL_HASH)" in mk
+    # BearSSL is unpacked by the project's fetch script, not by hand into its layout
+    assert "sh .ci/fetch.sh bearssl" in mk
+    assert ".source" not in mk and "DEPS_CHECKED=1" in mk
     assert 'CC="$(TARGET_CC)"' in mk and "-static" in mk
     assert "$(INSTALL_BIN) $(PKG_BUILD_DIR)/dotproxy $(1)/usr/sbin/dotproxy" in mk
     assert "./files/dotproxy.init $(1)/etc/init.d/dotproxy" in mk
     assert "./files/dotproxy.config $(1)/etc/config/dotproxy" in mk
     assert "/etc/config/dotproxy" in mk.split("define Package/dotproxy/conffiles", 1)[1]
     assert re.search(r"^PROG=/usr/sbin/dotproxy$", open(INIT).read(), re.M)
+
+
+def recipe(mk, name):
+    """The lines of `define NAME ... endef` in an OpenWrt package Makefile, continuations
+    joined."""
+    body = mk.split("define %s\n" % name, 1)[1].split("\nendef", 1)[0]
+    return [l.strip() for l in re.sub(r"\\\n\s*", " ", body).splitlines() if l.strip()]
+
+
+def test_package_prepare_runs_the_fetch_script(tmp_path):
+    """Build/Prepare with the SDK's variables: the project's files are copied and BearSSL is
+    handed to .ci/fetch.sh, which checks the downloaded tarball's SHA-256 itself (a tarball
+    with another one is refused, nothing unpacked)."""
+    mk = open(os.path.join(OPENWRT, "Makefile")).read()
+    build, dl = tmp_path / "build", tmp_path / "dl"
+    build.mkdir()
+    dl.mkdir()
+    subprocess.run(["tar", "czf", str(dl / "bearssl-0.6.tar.gz"), "-C", str(build), "."],
+                   check=True)
+    values = {"PKG_BUILD_DIR": str(build), "DOTPROXY_SRC": helpers.REPO, "CP": "cp -fpR",
+              "DL_DIR": str(dl), "BEARSSL_FILE": "bearssl-0.6.tar.gz"}
+    out = ""
+    for line in recipe(mk, "Build/Prepare"):
+        cmd = re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], line)
+        r = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=60)
+        out += r.stdout + r.stderr
+        if r.returncode != 0:
+            break
+    assert r.returncode != 0 and "CHECKSUM MISMATCH" in out, out
+    assert "fetch.sh bearssl" in cmd
+    for f in ("Makefile", "dotproxy.c", "anchors.pem", ".ci/fetch.sh"):
+        assert (build / f).is_file(), f
+    assert not (build / "bearssl").exists()
 
 
 # ---------------------------------------------------------------- the binary takes the argv

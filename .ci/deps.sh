@@ -1,12 +1,15 @@
 #!/bin/sh
-# tests/deps.sh build|test|cross|initramfs
+# .ci/deps.sh build|test|cross|initramfs|chaos: install what building and testing dotproxy need.
 #
 # Checks that what building (build) or building and testing (test) dotproxy needs is
 # installed. As root on a machine with apt-get, installs what is missing; otherwise prints
-# the apt-get command to run and exits 1. Quiet when nothing is missing.
+# the apt-get command to run and exits 1. Quiet when nothing is missing. make runs it
+# (build: make, make deps; test: make test; cross: make cross), and so does the Dockerfile.
 #
 #   build: musl-gcc (musl-tools), make, gcc + libc headers (for the host tool brssl), ar
-#          (binutils), and dpkg-dev when BearSSL is still to be fetched from Debian.
+#          (binutils); while bearssl/ is not fetched yet (.ci/fetch.sh), dpkg-dev when
+#          BearSSL may come from Debian, or curl and ca-certificates when BEARSSL_FROM=tarball
+#          is to download it.
 #   test:  build's, plus unbound, dig (dnsutils), kdig (knot-dnsutils), openssl, ps (procps), ip (iproute2),
 #          /usr/bin/python3 with the modules dns (python3-dnspython), pytest (python3-pytest),
 #          yaml (python3-yaml) and cryptography (python3-cryptography: tests/test_differential.py
@@ -58,11 +61,19 @@ check() {
 	need libc6-dev test -f /usr/include/stdio.h
 	need binutils have ar
 	# BearSSL is fetched from Debian's source package unless it is already in bearssl/,
-	# or another way is forced (BEARSSL_FROM=tarball|dir, BEARSSL_SRC=dir).
-	if [ ! -f "$root/bearssl/.source" ] && [ -z "${BEARSSL_SRC:-}" ] &&
-		[ "${BEARSSL_FROM:-}" != tarball ] && [ "${BEARSSL_FROM:-}" != dir ] &&
-		have apt-get; then
-		need dpkg-dev have dpkg-source
+	# or another way is forced (BEARSSL_FROM=tarball|dir, BEARSSL_SRC=dir); BEARSSL_FROM=tarball
+	# without BEARSSL_TARBALL downloads it.
+	if [ ! -f "$root/bearssl/.source" ] && [ -z "${BEARSSL_SRC:-}" ]; then
+		case ${BEARSSL_FROM:-} in
+		tarball)
+			if [ -z "${BEARSSL_TARBALL:-}" ]; then
+				need curl downloader
+				need ca-certificates test -f /etc/ssl/certs/ca-certificates.crt
+			fi
+			;;
+		dir) ;;
+		*) if have apt-get; then need dpkg-dev have dpkg-source; fi ;;
+		esac
 	fi
 	if [ "$mode" = test ]; then
 		need unbound have unbound
@@ -76,6 +87,8 @@ check() {
 		need python3-pytest /usr/bin/python3 -c 'import pytest'
 		need python3-yaml /usr/bin/python3 -c 'import yaml'
 		need python3-cryptography /usr/bin/python3 -c 'import cryptography.hazmat.primitives.ciphers.aead'
+		need python3-prometheus-client /usr/bin/python3 -c 'import prometheus_client.parser'
+		need prometheus have promtool
 		need shellcheck have shellcheck
 		need systemd have systemd-analyze
 		need clang have clang
@@ -97,6 +110,11 @@ check() {
 		need qemu-system-x86 have qemu-system-x86_64
 		need linux-image-cloud-amd64 kernel_with_modules
 	fi
+}
+
+# curl or wget, for the BearSSL download.
+downloader() {
+	have curl || have wget
 }
 
 # clang's libFuzzer and ASan runtimes (libclang-rt-dev pulls in the current version's).
@@ -141,7 +159,7 @@ case " $missing " in
 *" unbound "* | *" knot-resolver "*)
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		policy=/usr/sbin/policy-rc.d
-		printf '#!/bin/sh\n# temporary, from dotproxy tests/deps.sh\nexit 101\n' >"$policy"
+		printf '#!/bin/sh\n# temporary, from dotproxy .ci/deps.sh\nexit 101\n' >"$policy"
 		chmod 755 "$policy"
 		trap 'rm -f "$policy"' EXIT
 	fi
