@@ -3249,6 +3249,7 @@ cache_store(const unsigned char *m, size_t len, size_t qend, uint8_t key,
 static void query_deliver(int slot, const unsigned char *answer, size_t len);
 static void query_fail(int slot, int rcode);
 static int query_hedge(int slot);
+static void query_drop(int slot);
 static void query_hedge_slow(int slot);
 static void start_steer_away(int fd);
 static void query_probe(struct upstream *u);
@@ -3961,8 +3962,23 @@ upstream_none_usable(void)
 	    "back");
 }
 
-/* Moves the queue of a failed upstream to the next usable one, or
- * answers SERVFAIL when none is left. */
+/* Returns 1 if a slot's twin waits on upstream to (or to is -1: none is
+ * usable, and the twin still may answer): moving the slot there would ask
+ * the same upstream twice. */
+static int
+upstream_twin_on(int slot, int to)
+{
+	const struct pending_query *p = &g.pending[slot], *t;
+
+	if (p->twin < 0)
+		return 0;
+	t = &g.pending[p->twin];
+	return to < 0 || (t->route == ROUTE_UPSTREAM && t->route_idx == to);
+}
+
+/* Moves the queue of a failed upstream to the next usable one (a twin
+ * whose other half is there goes: query_drop), or answers SERVFAIL when
+ * none is left. */
 static void
 upstream_migrate_queue(struct upstream *u)
 {
@@ -3976,6 +3992,9 @@ upstream_migrate_queue(struct upstream *u)
 		if (g.pending[slot].from.kind == ORIGIN_PROBE) {
 			g.pending[slot].route = ROUTE_NONE;	/* it probed u */
 			query_fail(slot, DNS_RCODE_SERVFAIL);
+		} else if (upstream_twin_on(slot, to)) {
+			g.pending[slot].route = ROUTE_NONE;	/* asked there */
+			query_drop(slot);
 		} else if (to >= 0) {
 			upstream_enqueue(&g.upstreams[to], slot);
 		} else {
