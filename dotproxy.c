@@ -112,7 +112,8 @@
 #define MAX_ZONE_UDP		128	/* zone queries in flight: one socket
 					 * each, so a random source port each
 					 * (RFC 5452 9.2) */
-#define MAX_ZONE_TCP		16	/* TCP retries to zone servers at once */
+#define MAX_ZONE_TCP		64	/* TCP queries to zone servers at once
+					 * (after TC=1, or ,tcp zones) */
 #define MAX_ALLOW		32	/* --allow ranges */
 #define MAX_PINS		8	/* SPKI pins per upstream */
 #define PIN_LEAF_MAX_BYTES	8192	/* a pinned server's certificate */
@@ -534,6 +535,9 @@ struct zone {
 	union sockaddr_u addr;
 	socklen_t addrlen;
 	int last_err;			/* errno logged last; 0 = healthy */
+	int tcp_only;			/* ",tcp": never UDP (CoreDNS force_tcp:
+					 * no conntrack entry races behind a
+					 * Kubernetes Service) */
 	unsigned long n_queries, n_tcp, n_failures;
 };
 
@@ -3250,6 +3254,7 @@ static void query_deliver(int slot, const unsigned char *answer, size_t len);
 static void query_fail(int slot, int rcode);
 static int query_hedge(int slot);
 static void query_drop(int slot);
+static void zone_tcp_start(int slot, unsigned char *tc, size_t tclen);
 static void query_hedge_slow(int slot);
 static void start_steer_away(int fd);
 static void query_probe(struct upstream *u);
@@ -3378,6 +3383,10 @@ zone_send(size_t zi, int slot)
 	p->up_id = util_rand16();
 	put16(p->query, p->up_id);
 	z->n_queries++;
+	if (z->tcp_only) {
+		zone_tcp_start(slot, NULL, 0);
+		return;
+	}
 	if (g.n_zudp_free == 0) {
 		if (ratelimit_ok(&g.rl_zone_full))
 			log_warn("%d forward-zone queries in flight: new ones "
@@ -3399,8 +3408,9 @@ zone_send(size_t zi, int slot)
 	p->zudp = (int16_t)ui;
 }
 
-/* Asks a query again over TCP after a truncated answer. If no connection
- * can be had, the truncated answer goes to the client as it is. */
+/* Asks a query over TCP: again after a truncated answer (tc), or at once
+ * for a ,tcp zone (tc NULL). If no connection can be had, the truncated
+ * answer goes to the client as it is (or SERVFAIL without one). */
 static void
 zone_tcp_start(int slot, unsigned char *tc, size_t tclen)
 {
@@ -3418,7 +3428,14 @@ zone_tcp_start(int slot, unsigned char *tc, size_t tclen)
 	if (fd < 0) {
 		if (t != NULL)
 			zone_error(z, "TCP connect failed", errno);
-		query_deliver(slot, tc, tclen);
+		else if (ratelimit_ok(&g.rl_zone_full))
+			log_warn("%d forward-zone TCP queries in flight: new "
+			    "ones get %s", MAX_ZONE_TCP, tc ? "the truncated "
+			    "answer" : "SERVFAIL");
+		if (tc != NULL)
+			query_deliver(slot, tc, tclen);
+		else
+			query_fail(slot, DNS_RCODE_SERVFAIL);
 		return;
 	}
 	z->n_tcp++;
@@ -7193,12 +7210,12 @@ config_domain_to_wire(const char *s, unsigned char *out)
 static const char *
 config_parse_zone(const char *spec, struct zone *z)
 {
-	char dom[DNS_NAME_MAX_BYTES * 2];
-	const char *eq = strchr(spec, '=');
+	char dom[DNS_NAME_MAX_BYTES * 2], srv[INET6_ADDRSTRLEN + 16];
+	const char *eq = strchr(spec, '='), *comma;
 	char addr[INET6_ADDRSTRLEN + 8];
 
 	if (eq == NULL)
-		return "want DOMAIN=IP[@PORT]";
+		return "want DOMAIN=IP[@PORT][,tcp]";
 	if ((size_t)(eq - spec) >= sizeof dom)
 		return "domain too long";
 	memcpy(dom, spec, (size_t)(eq - spec));
@@ -7206,10 +7223,23 @@ config_parse_zone(const char *spec, struct zone *z)
 	z->name_len = config_domain_to_wire(dom, z->name);
 	if (z->name_len == 0)
 		return "bad domain name";
-	if (config_parse_addr(eq + 1, DEFAULT_PORT, &z->addr, &z->addrlen) < 0)
+	comma = strchr(eq + 1, ',');
+	z->tcp_only = 0;
+	if (comma != NULL && strcmp(comma, ",tcp") != 0)
+		return "unknown flag after ',' (want ,tcp)";
+	if ((size_t)((comma ? comma : eq + 1 + strlen(eq + 1)) - (eq + 1)) >=
+	    sizeof srv)
+		return "bad server address (want IP, IP@PORT or [IPv6]:PORT)";
+	util_fmt(srv, sizeof srv, "%s", eq + 1);
+	if (comma != NULL) {
+		srv[comma - (eq + 1)] = '\0';
+		z->tcp_only = 1;
+	}
+	if (config_parse_addr(srv, DEFAULT_PORT, &z->addr, &z->addrlen) < 0)
 		return "bad server address (want IP, IP@PORT or [IPv6]:PORT)";
 	util_format_addr(&z->addr, addr, sizeof addr);
-	util_fmt(z->label, sizeof z->label, "%s (%s)", dom, addr);
+	util_fmt(z->label, sizeof z->label, "%s (%s%s)", dom, addr,
+	    z->tcp_only ? ", TCP" : "");
 	util_fmt(z->domain, sizeof z->domain, "%s", dom);
 	return NULL;
 }
@@ -7359,9 +7389,10 @@ static const struct config_option config_options[] = {
 	    "also ask the next upstream a query that is slower than its "
 	    "upstream's usual round trip, for at most PCT percent more "
 	    "queries" },
-	{ 0, CONFIG_VALUE, 0, "forward-zone", "DOMAIN=IP[@PORT]", NULL, 0, 0,
-	    NULL, "send queries at or below DOMAIN to the plain-DNS server IP "
-	    "(repeatable; the longest match wins)" },
+	{ 0, CONFIG_VALUE, 0, "forward-zone", "DOMAIN=IP[@PORT][,tcp]", NULL,
+	    0, 0, NULL, "send queries at or below DOMAIN to the plain-DNS "
+	    "server IP (repeatable; the longest match wins), over TCP only "
+	    "with ,tcp" },
 	{ 0, CONFIG_NUMBER, 0, "drain-timeout", "MS", &g.drain_ms,
 	    0, 600000, "milliseconds",
 	    "on SIGTERM, finish the queries in flight for at most MS" },

@@ -97,7 +97,7 @@ STATS_RE = {
 }
 UPSTREAM_RE = re.compile(r"upstream (\S+) \((\S+)\) (\S+) queries=(\d+) connects=(\d+) "
                          r"resumed=(\d+) failures=(\d+)")
-ZONE_RE = re.compile(r"zone (\S+) \((\S+)\) queries=(\d+) tcp=(\d+) failures=(\d+)")
+ZONE_RE = re.compile(r"zone (\S+) \(([^,)\s]+)(?:, TCP)?\) queries=(\d+) tcp=(\d+) failures=(\d+)")
 
 
 def stats(p, timeout=3.0):
@@ -463,6 +463,47 @@ def test_forward_zone_routes_and_caches(proxies, fake_dot, plain_dns):
     assert zs["addr"] == "127.0.0.1:%d" % z.port, st["line"]
     assert (zs["queries"], zs["tcp"], zs["failures"]) == (2, 0, 0), st["line"]
     assert (st["hits"], st["misses"]) == (1, 3), st["line"]
+
+
+def test_forward_zone_tcp_only(proxies, fake_dot, plain_dns):
+    """DOMAIN=IP@PORT,tcp: every query for the zone goes over TCP (never one UDP datagram:
+    CoreDNS's force_tcp, no UDP conntrack entry behind a Kubernetes Service), with the
+    client's ID and case, cached like any zone answer; the label says TCP; a zone without
+    ,tcp still asks over UDP first."""
+    z = plain_dns("cluster.local")
+    u = plain_dns("lan")
+    f = fake_dot()
+    p = proxies.start(spec(f.port), extra=[
+        "--forward-zone", "cluster.local=127.0.0.1@%d,tcp" % z.port,
+        "--forward-zone", "lan=127.0.0.1@%d" % u.port, "-t", "2000"])
+    for i in range(5):
+        r = ask(p, "Svc%d.Cluster.Local" % i, qid=900 + i)
+        assert_a(r, "Svc%d.Cluster.Local" % i, z.addrs())
+        assert r.id == 900 + i
+    assert z.udp == 0 and z.tcp == 5, z.names()
+    assert_a(ask(p, "svc0.cluster.local", tcp=True), "svc0.cluster.local", z.addrs())
+    assert z.tcp == 5, "zone answer not cached"
+    assert_a(ask(p, "nas.lan"), "nas.lan", u.addrs())
+    assert u.udp == 1 and u.tcp == 0
+    st = stats(p)
+    zs = st["zones"]["cluster.local"]
+    assert (zs["queries"], zs["tcp"], zs["failures"]) == (5, 5, 0), st["line"]
+    assert "TCP" in st["line"], st["line"]
+
+
+def test_forward_zone_tcp_only_server_down(proxies, fake_dot):
+    """A ,tcp zone whose server refuses connections: SERVFAIL at once (not at --timeout),
+    with a log line naming the zone; the bad flag ,udp is refused at start-up."""
+    port = free_port()
+    f = fake_dot()
+    p = proxies.start(spec(f.port), extra=[
+        "--forward-zone", "cluster.local=127.0.0.1@%d,tcp" % port, "-t", "3000"])
+    t = time.monotonic()
+    r = ask(p, "svc.cluster.local")
+    assert r.rcode() == dns.rcode.SERVFAIL
+    assert time.monotonic() - t < 1.5
+    assert any("cluster.local" in l and ("refused" in l.lower() or "connect" in l.lower())
+               for l in p.lines), p.lines
 
 
 def test_forward_zone_longest_suffix_label_aligned(proxies, fake_dot, plain_dns):

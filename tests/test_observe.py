@@ -172,7 +172,7 @@ STATS_RE = {
 }
 UPSTREAM_RE = re.compile(r"upstream (\S+) \((\S+)\) (\S+) queries=(\d+) connects=(\d+) "
                          r"resumed=(\d+) failures=(\d+)")
-ZONE_RE = re.compile(r"zone (\S+) \((\S+)\) queries=(\d+) tcp=(\d+) failures=(\d+)")
+ZONE_RE = re.compile(r"zone (\S+) \(([^,)\s]+)(?:, TCP)?\) queries=(\d+) tcp=(\d+) failures=(\d+)")
 
 
 def stats_line(p, timeout=3.0):

@@ -2349,7 +2349,18 @@ test_zones(void)
 		    ntohs(z.addr.sin.sin_port) == 53 && z.name_len == 5);
 		CHECK(config_parse_zone("cluster.local=10.96.0.10@5353",
 		    &z) == NULL && ntohs(z.addr.sin.sin_port) == 5353);
-		CHECK(config_parse_zone("home.arpa=[fd00::1]:53", &z) == NULL);
+		CHECK(config_parse_zone("home.arpa=[fd00::1]:53", &z) == NULL &&
+		    !z.tcp_only);
+		CHECK(config_parse_zone("cluster.local=10.96.0.10,tcp", &z) ==
+		    NULL && z.tcp_only && ntohs(z.addr.sin.sin_port) == 53);
+		CHECK(config_parse_zone("c.l=[fd00::1]:5353,tcp", &z) == NULL &&
+		    z.tcp_only && ntohs(z.addr.sin6.sin6_port) == 5353);
+		CHECK(config_parse_zone("lan=192.168.1.1", &z) == NULL &&
+		    !z.tcp_only);		/* a reused struct forgets it */
+		CHECK(config_parse_zone("lan=1.2.3.4,udp", &z) != NULL);
+		CHECK(config_parse_zone("lan=1.2.3.4,tcp,tcp", &z) != NULL);
+		CHECK(config_parse_zone("lan=1.2.3.4,", &z) != NULL);
+		CHECK(config_parse_zone("lan=,tcp", &z) != NULL);
 		CHECK(config_parse_zone("lan", &z) != NULL);
 		CHECK(config_parse_zone("=1.2.3.4", &z) != NULL);
 		CHECK(config_parse_zone("lan=router", &z) != NULL);
