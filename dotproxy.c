@@ -38,7 +38,7 @@
  *              64 KB + pinning 9 KB + IDs 12 KB)
  *   pending    1024 x (~170 bytes + a 1.3 KB query buffer)
  *   clients    128 x (~100 bytes + 64 KB in + 68 KB out)
- *   zones      16 x ~600 bytes, 128 UDP sockets, 16 TCP retries x 64 KB
+ *   zones      16 x ~600 bytes, 128 UDP sockets, 64 TCP queries x 64 KB
  *   udp        64 x 4 KB in + 64 x 1.5 KB out, batched
  *   cache      --cache-size bytes (default 256 KB), taken at start-up
  * Buffers live apart from their structs and are touched only when used
