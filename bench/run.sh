@@ -16,6 +16,9 @@
 #   BENCH_PORT_BASE=N         use ports N..N+7 (default: a free random block in 20000-59999)
 #   BENCH_KEEP=1              keep the work directory (configs, logs, raw dnsperf output)
 #   BENCH_RESULTS=FILE        where to write the report (default bench/RESULTS.md)
+#   BENCH_LATENCY=1           also run the latency workloads (bench/latency.sh, its own BENCH_HERD_*,
+#                             BENCH_ZIPF_*, BENCH_TAIL_*, BENCH_LAT_* settings); 0 skips them and
+#                             keeps the latency section RESULTS.md already has
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -92,7 +95,7 @@ say "ports $base..$((base + 7)), work directory $work"
 
 # ---------------------------------------------------------------------------- helpers
 cc=${HOSTCC:-cc}
-$cc -O2 -o "$work/dnsq" "$here/dnsq.c" || die "cannot compile bench/dnsq.c"
+$cc -O2 -o "$work/dnsq" "$here/dnsq.c" -lm || die "cannot compile bench/dnsq.c"
 $cc -O2 -o "$work/limit" "$here/limit.c" || die "cannot compile bench/limit.c"
 
 # wait_ready PORT NAME: until one plain-DNS query for NAME is answered (at most 15 s).
@@ -244,6 +247,22 @@ for s in $servers; do
 	say "cold $s: $ms"
 done
 
+# ---------------------------------------------------------------------------- latency
+# The latency workloads (issue 13) have their own upstream, relays and servers: this run's
+# servers are stopped first, so that nothing idle competes with them.
+if [ "${BENCH_LATENCY:-1}" = 1 ]; then
+	for p in $pids; do kill "$p" 2>/dev/null || :; done
+	for p in $pids; do
+		i=0
+		while kill -0 "$p" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+		kill -9 "$p" 2>/dev/null || :
+		wait "$p" 2>/dev/null || :
+	done
+	pids=""
+	say "latency workloads: bench/latency.sh"
+	BENCH_LAT_OUT="$work/latency.md" sh "$here/latency.sh" || die "latency.sh failed"
+fi
+
 # ---------------------------------------------------------------------------- report
 ver() {
 	case $1 in
@@ -273,6 +292,12 @@ ver() {
 	echo "ceiling_args=$ceiling_args"
 } > "$work/meta"
 sh "$here/report.sh" "$work/meta" "$res" "$servers" > "$work/RESULTS.md" || die "report.sh failed"
+# The latency section: this run's, or (BENCH_LATENCY=0) the one RESULTS.md has, if any.
+if [ -f "$work/latency.md" ]; then
+	{ echo; cat "$work/latency.md"; } >> "$work/RESULTS.md"
+elif [ -f "$results" ] && grep -q '^<!-- latency: begin' "$results"; then
+	{ echo; sed -n '/^<!-- latency: begin/,/^<!-- latency: end -->/p' "$results"; } >> "$work/RESULTS.md"
+fi
 # Keep the section the chaos run wrote (make chaos, tests/chaos/report.py), if there is one.
 if [ -f "$results" ] && grep -q '^<!-- chaos: begin' "$results"; then
 	{ echo; sed -n '/^<!-- chaos: begin/,/^<!-- chaos: end -->/p' "$results"; } >> "$work/RESULTS.md"
