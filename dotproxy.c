@@ -3993,19 +3993,22 @@ upstream_twin_on(int slot, int to)
 	return to < 0 || (t->route == ROUTE_UPSTREAM && t->route_idx == to);
 }
 
-/* Moves the queue of a failed upstream to the next usable one (a twin
- * whose other half is there goes: query_drop), or answers SERVFAIL when
- * none is left. */
+/* Moves the queue of a failed (or suspect) upstream to the next usable
+ * one (a twin whose other half is there goes: query_drop), or answers
+ * SERVFAIL when none is left. Stops when u itself is the best left: a
+ * suspect u whose pick failed at once (a connect() refused on the spot
+ * moves the query back here) keeps the rest. */
 static void
 upstream_migrate_queue(struct upstream *u)
 {
 	while (u->queue_head >= 0) {
-		int slot = u->queue_head, to;
+		int slot = u->queue_head, to = upstream_pick();
 
+		if (to == (int)upstream_index(u))
+			break;
 		u->queue_head = g.pending[slot].next;
 		if (u->queue_head < 0)
 			u->queue_tail = -1;
-		to = upstream_pick();
 		if (g.pending[slot].from.kind == ORIGIN_PROBE) {
 			g.pending[slot].route = ROUTE_NONE;	/* it probed u */
 			query_fail(slot, DNS_RCODE_SERVFAIL);

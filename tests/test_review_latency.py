@@ -1,0 +1,133 @@
+"""Review of the latency engine of issue 13 (coalescing, prefetch, the RFC 8767 client
+timer, hedging; 6d3c077, 991b10f, 06cba92) as an attacker (a client on the LAN, an
+on-path party without the key) and as a slow, flapping or lying resolver.  Each test is
+a finding (it failed before its fix in dotproxy.c) or a guard of something tried that
+held.  Everything stays on 127.0.0.1 (or inside a private network namespace); every
+dotproxy gets an explicit loopback upstream.
+
+Run:  /usr/bin/python3 -m pytest tests/test_review_latency.py  [--dotproxy=PATH]
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+import helpers
+
+
+def need_netns():
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private network namespace")
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        pytest.skip("needs unshare(1) and ip(8)")
+    if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare --net not permitted here")
+
+
+# ================================================================ migrate loop
+#
+# upstream_suspect(A) moves A's queue (queries not yet written) to the upstream that
+# upstream_pick() prefers.  When that is B, disconnected, and B's connect() fails at
+# once (EHOSTUNREACH, ENETUNREACH: an unroutable upstream, a WAN that is down),
+# upstream_fail(B) moves the query straight back to A (suspect, but the only one
+# usable) -- onto the queue that upstream_migrate_queue(A) was emptying, which was
+# then never empty again: 100 % CPU, nothing answered any more, not even localhost.
+# For it, no twin may have been made of A's queries in flight (that would have sent B
+# to back-off first): the pending table is full.
+
+NETNS_MIGRATE = r"""
+import json, os, socket, ssl, struct, subprocess, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from helpers import DotProxy, free_port
+binary, pkidir = sys.argv[2], sys.argv[3]
+# lo only, with a small MTU (a stalled peer stops the proxy's writes, as on a WAN);
+# 127.0.0.2 is unreachable in this namespace: connect() fails at once.
+subprocess.run(["ip", "link", "set", "lo", "up", "mtu", "1280"], check=True)
+subprocess.run(["ip", "route", "add", "unreachable", "127.0.0.2/32", "table", "local"],
+               check=True)
+out = {}
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+ctx.load_cert_chain(pkidir + "/chain.pem", pkidir + "/leaf.key")
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+ls.bind(("127.0.0.1", 0))
+ls.listen(16)
+held = []
+def stalled():
+    # handshakes, then never reads again: the proxy's queries stay queued
+    while True:
+        c, _ = ls.accept()
+        try:
+            held.append(ctx.wrap_socket(c, server_side=True))
+        except (OSError, ssl.SSLError):
+            c.close()
+threading.Thread(target=stalled, daemon=True).start()
+port = ls.getsockname()[1]
+p = DotProxy(binary, ["-l", "127.0.0.1@%d" % (lp := free_port()), "-c", pkidir + "/root.pem",
+                      "-u", "127.0.0.1@%d#dns.test" % port,
+                      "-u", "127.0.0.2@%d#dns.test" % port, "-t", "2000"], port=lp)
+def query(name, qid):
+    q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for lab in name.split("."):
+        q += bytes([len(lab)]) + lab.encode()
+    return q + b"\0\0\1\0\1"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+t0 = time.monotonic()
+n = 0
+# distinct names for 2.5 s: the table (1024) is full well before A is suspect
+# (1 s: its round trip is unknown, half of --timeout) and stays full past it
+while time.monotonic() - t0 < 2.5:
+    for _ in range(50):
+        n += 1
+        try:
+            s.sendto(query("f%d.flood.test" % n, n & 0xFFFF), ("127.0.0.1", lp))
+        except BlockingIOError:
+            pass
+    try:
+        while s.recv(4096):
+            pass
+    except BlockingIOError:
+        pass
+    time.sleep(0.02)
+out["sent"] = n
+# is the loop still turning?  localhost. is answered by dotproxy itself
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(1.0)
+out["localhost"] = False
+for k in range(4):
+    c.sendto(query("localhost", 0x4240 + k), ("127.0.0.1", lp))
+    try:
+        if c.recv(4096)[:2] == struct.pack("!H", 0x4240 + k):
+            out["localhost"] = True
+            break
+    except socket.timeout:
+        pass
+out["alive"] = p.alive()
+p.stop(timeout=2)
+out["log"] = "\n".join(p.lines[-12:])
+print(json.dumps(out))
+"""
+
+
+def test_migrate_to_an_upstream_that_fails_at_once_does_not_spin(dotproxy_bin, pki, tmp_path):
+    """Finding: endless loop in upstream_migrate_queue (see above).  The proxy must
+    still answer (localhost. from itself) once A turned suspect with its queue full and
+    B's connect() failed synchronously."""
+    need_netns()
+    script = tmp_path / "netns_migrate.py"
+    script.write_text(NETNS_MIGRATE)
+    run = subprocess.run(["unshare", "--net", "/usr/bin/python3", str(script), helpers.HERE,
+                          dotproxy_bin, pki.dir],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["sent"] > 1024, out
+    assert out["alive"], out["log"]
+    assert out["localhost"], ("dotproxy stopped answering after the migrate to an "
+                              "upstream that failed at once:\n%s" % out["log"])
