@@ -5675,7 +5675,8 @@ query_deliver(int slot, const unsigned char *answer, size_t len)
 /*
  * With --serve-stale, answers a query that no upstream answered (in
  * time: --stale-timeout) from an expired cache entry (RFC 8767), with a
- * 30 s TTL. Returns 1 if it did.
+ * 30 s TTL (or from the entry as it is, if another query's answer made
+ * it fresh again). Returns 1 if it did.
  */
 static int
 query_serve_stale(struct pending_query *p)
@@ -5683,7 +5684,7 @@ query_serve_stale(struct pending_query *p)
 	static unsigned char out[CACHE_MAX_ANSWER_BYTES + DNS_EDE_MAX_BYTES];
 	struct dns_summary s;
 	size_t len;
-	int e;
+	int e, stale;
 
 	if (g.cache.stale_s == 0 || (p->from.kind != ORIGIN_UDP &&
 	    p->from.kind != ORIGIN_TCP))
@@ -5692,15 +5693,20 @@ query_serve_stale(struct pending_query *p)
 	    cache_hash(p->query, p->qi.qend, p->cache_key));
 	if (e < 0)
 		return 0;
-	len = cache_get(e, out, 1, &s);
-	if (s.opt_end != 0)		/* RFC 8914 4.4: this is stale */
+	/* Another query for the key may have refreshed it meanwhile: then
+	 * it goes as it is, fresh. */
+	stale = (len = cache_get(e, out, 0, &s)) == 0;
+	if (stale)
+		len = cache_get(e, out, 1, &s);
+	if (stale && s.opt_end != 0)	/* RFC 8914 4.4: this is stale */
 		s.end = s.opt_end = len = dns_add_ede(out, len, sizeof out,
 		    s.opt_start, EDE_STALE, NULL);
 	len = dns_answer_for_client(out, len, p->query, &p->qi,
 	    query_udp_limit(p), &s);
 	if (len == 0)
 		return 0;
-	g.cache.stale++;
+	if (stale)
+		g.cache.stale++;
 	query_send(&p->from, out, len);
 	return 1;
 }

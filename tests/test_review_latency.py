@@ -12,10 +12,16 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+import time
 
 import pytest
 
 import helpers
+from helpers import wait_until
+from scriptdot import Wire, a_of, query_wire, reply, rr
+from slowdot import slow_dot  # noqa: F401 - a fixture
+from test_latency import EDE_STALE, ask, asker, edes, start, ttls  # noqa: F401 - asker: a fixture
 
 
 def need_netns():
@@ -131,3 +137,52 @@ def test_migrate_to_an_upstream_that_fails_at_once_does_not_spin(dotproxy_bin, p
     assert out["alive"], out["log"]
     assert out["localhost"], ("dotproxy stopped answering after the migrate to an "
                               "upstream that failed at once:\n%s" % out["log"])
+
+
+# ================================================================ stale timer, fresh entry
+#
+# query_stale_timer() -> query_serve_stale() -> cache_get(stale=1): every TTL set to 30
+# and EDE 3 "Stale Answer" added, whether or not the entry was refreshed meanwhile.  It
+# is, whenever another leader of the same key answers first: here the older leader that
+# a query would not follow (less than --timeout/2 left: query_receive makes a second).
+
+def test_stale_timer_never_labels_a_refreshed_entry_stale(proxies, slow_dot, asker):
+    """--timeout 4000 --stale-timeout 1800 --serve-stale 60, one upstream.  st.test is
+    cached with TTL 1 and left to expire.  At 0 s Q1 (leader L1; the upstream takes 2.3
+    s): its timer gives it the stale answer at 1.8 s, rightly.  At 2.1 s Q2: L1 has
+    less than 2 s left, so Q2 leads on its own (never answered), on the stale watch.
+    At 2.3 s L1's answer makes the entry fresh (TTL 300).  Q2's timer at 3.9 s must give
+    it that fresh answer (TTL near 300, no EDE 3), not a 'stale' copy of it."""
+    name = "st.test"
+    calls = {"n": 0}
+    lock = threading.Lock()
+
+    def delay(n):
+        with lock:
+            calls["n"] += 1
+            k = calls["n"]
+        return 0.0 if k == 1 else 2.3 if k == 2 else None
+
+    def answer(wire, srv):
+        q = Wire(wire)
+        return reply(q, answer=[rr(q.qname, 1 if calls["n"] == 1 else 300, "A",
+                                   "192.0.2.7")])
+    srv = slow_dot(delay=delay, answer=answer)
+    p = start(proxies, [srv], ["-t", "4000", "--serve-stale", "60",
+                               "--stale-timeout", "1800"])
+    r, _ = ask(p.port, name)
+    assert a_of(r) == {"192.0.2.7"} and ttls(r) == [1], r.describe()
+    time.sleep(1.6)
+    a = asker(p.port)
+    t0 = time.monotonic()
+    q1 = a.udp(query_wire(name, qid=1, edns=True), "Q1")
+    a.pump(max(0.0, t0 + 2.1 - time.monotonic()))
+    q2 = a.udp(query_wire(name, qid=2, edns=True), "Q2")
+    assert a.collect(4.0), a.describe()
+    assert ttls(q1.reply) == [30] and EDE_STALE in [c for c, _ in edes(q1.reply)], q1
+    assert wait_until(lambda: srv.answered_count(name + ".") == 2, 1.0, 0.02)
+    assert q2.at - t0 > 2.5, q2          # after the refresh came in
+    assert a_of(q2.reply) == {"192.0.2.7"}, q2
+    assert EDE_STALE not in [c for c, _ in edes(q2.reply)] and ttls(q2.reply)[0] > 250, (
+        "Q2 got the entry refreshed at 2.3 s as a STALE answer: %r %r" % (
+            ttls(q2.reply), edes(q2.reply)))
