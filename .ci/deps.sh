@@ -90,6 +90,13 @@ check() {
 		need python3-prometheus-client /usr/bin/python3 -c 'import prometheus_client.parser'
 		need prometheus have promtool
 		need shellcheck have shellcheck
+		# tests/test_kubernetes.py: capsh, conntrack, nft, dnsmasq (the binary, no service),
+		# the Kubernetes API models (schema of the manifest)
+		need libcap2-bin have capsh
+		need conntrack have conntrack
+		need nftables have nft
+		need dnsmasq-base have dnsmasq
+		need python3-kubernetes /usr/bin/python3 -c 'import kubernetes.client'
 		need systemd have systemd-analyze
 		need clang have clang
 		need libclang-rt-dev clang_fuzzer_runtime
