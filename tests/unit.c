@@ -3058,6 +3058,110 @@ test_ede(void)
 
 /* A test caught in an endless loop (an ID map that never finds a free
  * place, say) fails instead of hanging. */
+/*
+ * A query queued on an upstream whose connect() fails at once (socket()
+ * refused here: an address family with no socket, as EHOSTUNREACH or
+ * ENETUNREACH from connect() would be) goes back where it came from.
+ * Review of issue 13: upstream_migrate_queue(A) on a suspect A moved
+ * A's queue to B, B failed at once and moved the query back onto A's
+ * queue, which then never emptied (an endless loop); and a lost A whose
+ * queries came back that way was connected twice (a descriptor leaked).
+ */
+static void
+migrate_add_query(struct upstream *u, int i)
+{
+	unsigned char q[64];
+	struct dns_query_info qi;
+	int slot = pending_alloc();
+	struct pending_query *p = &g.pending[slot];
+	size_t o = DNS_HEADER_BYTES;
+
+	memset(q, 0, sizeof q);
+	q[2] = DNS_FLAG_RD;
+	put16(q + 4, 1);
+	q[o++] = 4;
+	q[o++] = 'q';
+	q[o++] = (unsigned char)('0' + i / 100 % 10);
+	q[o++] = (unsigned char)('0' + i / 10 % 10);
+	q[o++] = (unsigned char)('0' + i % 10);
+	memcpy(q + o, "\4test\0\0\1\0\1", 10);
+	o += 10;
+	(void)dns_parse_query(q, o, &qi);
+	memset(&p->from, 0, sizeof p->from);
+	p->from.kind = ORIGIN_REFRESH;	/* answered to nobody */
+	p->from.at_ms = g.now_ms;
+	p->qi = qi;
+	p->cache_key = cache_key(&qi, 0);
+	p->qlen = (uint16_t)dns_build_query(p->query, q, &qi, 0);
+	upstream_enqueue(u, slot);
+}
+
+static void
+migrate_setup(void)
+{
+	size_t i;
+
+	config_defaults();
+	g.log_level = LOG_ERROR;
+	g.n_upstreams = 0;
+	memset(g.upstreams, 0, 2 * sizeof g.upstreams[0]);
+	config_add_upstream("127.0.0.1@9#dns.test", "");	/* A */
+	config_add_upstream("127.0.0.1@9#dns.test", "");	/* B */
+	cache_init(0);
+	for (i = 0; i < g.n_upstreams; i++)
+		upstream_tls_init(&g.upstreams[i]);
+	pending_init();
+	g.now_ms = 1000000;
+	g.upstreams[1].addr.sa.sa_family = AF_UNSPEC;	/* fails at once */
+	upstream_set_state(&g.upstreams[0], UPSTREAM_READY);
+	g.upstreams[0].answered = 1;
+}
+
+static void
+test_migrate(void)
+{
+	struct upstream *a, *b;
+	unsigned long connects;
+	int i, slot, n = 0;
+
+	/* A suspect: its queue, the table full (no twin can be made). */
+	migrate_setup();
+	a = &g.upstreams[0];
+	b = &g.upstreams[1];
+	for (i = 0; g.n_free > 0; i++)
+		migrate_add_query(a, i);
+	slot = a->queue_head;		/* the first went out */
+	a->queue_head = g.pending[slot].next;
+	put16(g.pending[slot].query, idmap_take(&a->ids, slot));
+	pending_set_state(slot, PENDING_SENT);
+	g.pending[slot].sent_ms = a->unanswered_ms = g.now_ms;
+	a->inflight = 1;
+	g.now_ms += upstream_stall_ms(a);
+	upstream_timers(a);		/* suspect: an endless loop before */
+	CHECK(a->suspect);
+	CHECK_EQ(a->state, UPSTREAM_READY);
+	CHECK_EQ(b->state, UPSTREAM_BACKOFF);
+	for (slot = a->queue_head; slot >= 0; slot = g.pending[slot].next)
+		n++;
+	CHECK_EQ(n, MAX_PENDING - 1);	/* still queued on A, once each */
+	CHECK_EQ(g.n_free, 0);
+	/* A lost (it answered before), its queries back on its queue: one
+	 * new connection, not two. */
+	migrate_setup();
+	a = &g.upstreams[0];
+	b = &g.upstreams[1];
+	for (i = 0; i < 3; i++)
+		migrate_add_query(a, i);
+	connects = a->n_connects;
+	upstream_lost(a, "unit: lost");
+	CHECK_EQ(a->state, UPSTREAM_CONNECTING);
+	CHECK_EQ(b->state, UPSTREAM_BACKOFF);
+	CHECK_EQ(a->n_connects - connects, 1);
+	if (a->fd >= 0)
+		close(a->fd);
+	a->fd = -1;
+}
+
 static const char *current_test = "";
 
 static void
@@ -3104,6 +3208,7 @@ main(void)
 	RUN(test_cache);
 	RUN(test_matching);
 	RUN(test_trust);
+	RUN(test_migrate);
 	alarm(0);
 	printf("%d passed, %d failed\n", n_pass, n_fail);
 	return n_fail != 0;
