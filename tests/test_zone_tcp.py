@@ -11,6 +11,7 @@ All on 127.0.0.1: dotproxy's DoT upstream is the session's unbound, the zone ser
 threads of this process."""
 
 import concurrent.futures
+import signal
 import time
 
 import dns.message
@@ -20,6 +21,7 @@ import pytest
 
 import helpers
 from helpers import a_addrs
+from test_restart import Netns, log_of, need_netns, status, wait_for
 from zonefake import ZoneServer
 
 ZONE_ADDR = {"198.51.100.1"}
@@ -193,3 +195,46 @@ def test_flapping_zone_server(proxies, unbound, zone):
     res = many(p, ["after%d.z.test" % i for i in range(64)], workers=64)
     assert [o for o, _ in res].count("ok") == 64, res
     assert p.alive()
+
+
+@pytest.mark.xfail(strict=True, reason="dotproxy fcdc0b1: a TCP connection per zone query, "
+                   "closed by dotproxy first, leaves a TIME_WAIT socket each (60 s): to one "
+                   "zone server address (not loopback: no tcp_tw_reuse) the local ports run "
+                   "out after ip_local_port_range of them (28,232 by default: about 470 "
+                   "queries/s sustained), then connect() fails and queries get SERVFAIL; "
+                   "SO_LINGER 0 on close, or reusing connections, would not")
+def test_zone_tcp_ports_do_not_run_out(tmp_path, dotproxy_bin, pki):
+    """In a network namespace whose local port range is 60 ports wide, the zone server on
+    10.96.0.10 (a Service address, not loopback): 150 zone queries one after the other, each
+    a new name, all answered (a stand-in for 28,232 ports and 470 queries a second)."""
+    need_netns()
+    ns = Netns(tmp_path)
+    z = None
+    try:
+        ns.run(["ip", "addr", "add", "10.96.0.10/32", "dev", "lo"])
+        ns.run(["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40059"])
+        z = ns.call(lambda: ZoneServer("z.test", host="10.96.0.10", port=53))
+        fake = ns.call(lambda: helpers.FakeDoT(chain=pki.chain, key=pki.key, port=853))
+        p = ns.popen([dotproxy_bin, "-l", "127.0.0.1@53", "-u", "127.0.0.1@853#dns.test",
+                      "-c", pki.root, "--http", "127.0.0.1@9253", "-t", "1500",
+                      "--forward-zone", "z.test=10.96.0.10@53,tcp"], "p")
+        assert wait_for(lambda: status(ns, 9253, "/ready") == 200, 20), log_of(p)
+
+        def run():
+            outs = []
+            for i in range(150):
+                r = dns.query.udp(helpers.make_query("p%d.z.test" % i), "127.0.0.1", port=53,
+                                  timeout=3)
+                outs.append("ok" if a_addrs(r) == ZONE_ADDR else dns.rcode.to_text(r.rcode()))
+            return outs
+        outs = ns.call(run)
+        first_bad = next((i for i, o in enumerate(outs) if o != "ok"), None)
+        print("first failure at query", first_bad, {o: outs.count(o) for o in set(outs)})
+        assert outs.count("ok") == 150, (first_bad, log_of(p))
+        p.send_signal(signal.SIGTERM)
+        p.wait(10)
+        fake.stop()
+    finally:
+        if z is not None:
+            z.stop()
+        ns.close()
