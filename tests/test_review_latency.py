@@ -186,3 +186,37 @@ def test_stale_timer_never_labels_a_refreshed_entry_stale(proxies, slow_dot, ask
     assert EDE_STALE not in [c for c, _ in edes(q2.reply)] and ttls(q2.reply)[0] > 250, (
         "Q2 got the entry refreshed at 2.3 s as a STALE answer: %r %r" % (
             ttls(q2.reply), edes(q2.reply)))
+
+
+# ================================================================ held: the stale timer's limits
+
+def test_stale_timer_never_serves_past_the_window_nor_another_key(proxies, slow_dot, asker):
+    """Held.  --serve-stale 1 --stale-timeout 300, the upstream then takes 1.2 s.  An
+    entry expired for longer than the window (TTL 1, asked 2.6 s later) is gone: the
+    client waits for the upstream and gets its new data, never the old one at 0.3 s.
+    An entry still in the window but of another key (cached with DO=0, asked with DO=1;
+    cached with RD=1, asked with RD=0) is not this query's: no stale answer either."""
+    old, keyed = "old.st.test", "key.st.test"
+    seen = {}
+
+    def answer(wire, srv):
+        q = Wire(wire)
+        n = seen[q.qname.lower()] = seen.get(q.qname.lower(), 0) + 1
+        return reply(q, answer=[rr(q.qname, 1 if n == 1 else 60, "A", "192.0.2.%d" % n)])
+    srv = slow_dot(delay=lambda n: 1.2 if srv.count(n) >= 2 else 0.0, answer=answer)
+    p = start(proxies, [srv], ["--serve-stale", "1", "--stale-timeout", "300",
+                               "-t", "4000"])
+    t0 = time.monotonic()
+    assert a_of(ask(p.port, old)[0]) == {"192.0.2.1"}
+    time.sleep(max(0.0, t0 + 2.6 - time.monotonic()))
+    assert a_of(ask(p.port, keyed)[0]) == {"192.0.2.1"}
+    time.sleep(1.2)                 # keyed: expired 0.2 s ago, in the 1 s window
+    a = asker(p.port)
+    past = a.udp(query_wire(old, qid=1, edns=True), "past the window")
+    do1 = a.udp(query_wire(keyed, qid=2, edns=True, do=True), "DO=1")
+    rd0 = a.udp(query_wire(keyed, qid=3, edns=True, rd=False), "RD=0")
+    assert a.collect(4.0), a.describe()
+    for it in (past, do1, rd0):
+        assert it.elapsed > 1.0, "%r: answered before the upstream did" % it
+        assert "192.0.2.1" not in a_of(it.reply), it
+        assert EDE_STALE not in [c for c, _ in edes(it.reply)], it
