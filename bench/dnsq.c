@@ -19,7 +19,7 @@
        all the answers (at most WAIT_MS) and GAP_MS more. Prints one line per burst, "burst=I name=N sent= ok= servfail= other= lost=
        first_ms= p50_ms= p99_ms= max_ms=" (ms from each query's own send), then one line over
        every query of every burst: "all sent= ok= servfail= other= lost= p50_ms= p99_ms= p999_ms=
-       max_ms=".
+       max_ms= ans_p99_ms= ans_p999_ms=" (ans_: over the answered queries only).
    dnsq load PORT QPS SECONDS WAIT_MS FAST_MS NAMES
        An open-loop paced load (bench/latency.sh): QPS A queries per second (sent every
        millisecond, whatever the answers do) for SECONDS, over 16 UDP sockets, then at most
@@ -28,9 +28,11 @@
          zipf:N:S:SEED:ZONE        z<r>.ZONE, r in 1..N drawn from a Zipf law of exponent S
                                    (P(r) proportional to 1/r^S), from SEED: the same
                                    sequence for every server
-       Prints "sent= ok= servfail= other= lost= p50_ms= p99_ms= p999_ms= max_ms= fast=": ok is
+       Prints "sent= ok= servfail= other= lost= p50_ms= p99_ms= p999_ms= max_ms= fast=
+       fast_half= ans_p99_ms= ans_p999_ms=" (ans_: over the answered queries only): ok is
        NOERROR with an answer for the question asked, fast the ok ones answered within FAST_MS
-       (a cache hit when the upstream takes longer than that).
+       (a cache hit when the upstream always takes at least that long), fast_half within
+       FAST_MS / 2.
 
    Percentiles are nearest-rank over every query sent: a query not answered within WAIT_MS
    counts as the slowest (its latency is printed as -1 if a percentile falls on one). Latency
@@ -322,9 +324,11 @@ static int herd(int port, const char *tag, int clients, int bursts, int gap_ms, 
 		if (gap_ms > 0) usleep(gap_ms * 1000);
 	}
 	qsort(all, nall, sizeof *all, cmp);
-	printf("all sent=%zu ok=%ld servfail=%ld other=%ld lost=%ld p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f\n",
+	size_t nans = nall - (size_t)tot[3];   /* the answered ones: sorted first */
+	printf("all sent=%zu ok=%ld servfail=%ld other=%ld lost=%ld p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f"
+	       " ans_p99_ms=%.3f ans_p999_ms=%.3f\n",
 	       nall, tot[0], tot[1], tot[2], tot[3], pct(all, nall, 0.5), pct(all, nall, 0.99), pct(all, nall, 0.999),
-	       pct(all, nall, 1));
+	       pct(all, nall, 1), pct(all, nans, 0.99), pct(all, nans, 0.999));
 	return 0;
 }
 
@@ -410,15 +414,18 @@ static int load(int port, double qps, int secs, int wait_ms, double fast_ms, con
 			}
 		}
 	}
-	long cnt[4] = { 0 }, fast = 0;
+	long cnt[4] = { 0 }, fast = 0, fast_half = 0;
 	for (size_t i = 0; i < total; i++) {
 		cnt[cls[i]]++;
 		if (cls[i] == 0 && lat[i] < fast_ms) fast++;
+		if (cls[i] == 0 && lat[i] < fast_ms / 2) fast_half++;
 	}
 	qsort(lat, total, sizeof *lat, cmp);
-	printf("sent=%zu ok=%ld servfail=%ld other=%ld lost=%ld p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f fast=%ld\n",
+	size_t nans = total - (size_t)cnt[3];  /* the answered ones: sorted first */
+	printf("sent=%zu ok=%ld servfail=%ld other=%ld lost=%ld p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f fast=%ld"
+	       " fast_half=%ld ans_p99_ms=%.3f ans_p999_ms=%.3f\n",
 	       total, cnt[0], cnt[1], cnt[2], cnt[3], pct(lat, total, 0.5), pct(lat, total, 0.99),
-	       pct(lat, total, 0.999), pct(lat, total, 1), fast);
+	       pct(lat, total, 0.999), pct(lat, total, 1), fast, fast_half, pct(lat, nans, 0.99), pct(lat, nans, 0.999));
 	return 0;
 }
 

@@ -57,16 +57,17 @@ END {
 		printf "the upstream holds every answer for a `.herd.` name %s ms (an upstream that needs that long to resolve it). ", M["h_delay"]
 		printf "*Round trip*: the median of 5 single queries for new `.herd.` names through the same server, nothing else going on: one upstream round trip as its client sees it.\n"
 		print ""
-		print "| server | upstream queries per burst: mean (min–max) | p50 ms | p99 ms | p99.9 ms | max ms | ok / SERVFAIL / lost | round trip ms | p99 ÷ round trip | unbound\047s own count |"
-		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+		print "| server | upstream queries per burst: mean (min–max) | p50 ms | p99 ms | p99.9 ms | max ms | ok / SERVFAIL / lost | p99 / p99.9 of the answered ms | median of the bursts\047 p99 ms | round trip ms | p99 ÷ round trip | unbound\047s own count |"
+		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 		split("dp dp_nocoal", D, " ")
 		for (i = 1; i <= 2 + ns; i++) {
 			s = i <= 2 ? D[i] : P[i - 2]
 			if (!has["herd", s]) continue
 			rt = v("herd", s, "solo_ms") + 0
-			printf "| %s | %.2f (%d–%d) | %s | %s | %s | %s | %s | %.1f | %s | %d |\n", label(s), v("herd", s, "up_mean"), \
+			printf "| %s | %.2f (%d–%d) | %s | %s | %s | %s | %s | %s / %s | %s | %.1f | %s | %d |\n", label(s), v("herd", s, "up_mean"), \
 				v("herd", s, "up_min"), v("herd", s, "up_max"), ms(v("herd", s, "p50_ms")), ms(v("herd", s, "p99_ms")), \
-				ms(v("herd", s, "p999_ms")), ms(v("herd", s, "max_ms")), outcome("herd", s), rt, \
+				ms(v("herd", s, "p999_ms")), ms(v("herd", s, "max_ms")), outcome("herd", s), \
+				ms(v("herd", s, "ans_p99_ms")), ms(v("herd", s, "ans_p999_ms")), ms(v("herd", s, "burst_p99_med")), rt, \
 				(lat(v("herd", s, "p99_ms")) < 1e12 && rt > 0 ? sprintf("%.2f", v("herd", s, "p99_ms") / rt) : "—"), v("herd", s, "upstream_own")
 		}
 		print ""
@@ -82,6 +83,11 @@ END {
 		if (!ok && v("herd", "dp", "lost") + 0 > 0)
 			printf ". %d of its %d queries were never answered, %d of them dropped by the kernel at dotproxy\047s UDP socket (receive buffer full before dotproxy read them: dotproxy does not enlarge SO_RCVBUF, the default holds about 250 small datagrams)", \
 				v("herd", "dp", "lost"), v("herd", "dp", "sent"), v("herd", "dp", "drops")
+		if (!ok && v("herd", "dp", "lost") + 0 > 0 && v("herd", "dp", "ans_p99_ms") != "")
+			printf "; over the answered queries only, p99 %s ms (× %.2f of the round trip)", ms(v("herd", "dp", "ans_p99_ms")), v("herd", "dp", "ans_p99_ms") / rt
+		if (v("herd", "dp", "burst_p99_med") != "")
+			printf ". The median of the %d bursts\047 own p99: %s ms (× %s of the round trip)", M["h_bursts"], ms(v("herd", "dp", "burst_p99_med")), \
+				(lat(v("herd", "dp", "burst_p99_med")) < 1e12 ? sprintf("%.2f", v("herd", "dp", "burst_p99_med") / rt) : "—")
 		print "."
 		for (i = 1; i <= ns; i++) if (has["herd", P[i]])
 			printf "- %s: %.2f upstream queries per burst, p99 %s ms (× %s of its round trip)\n", label(P[i]), v("herd", P[i], "up_mean"), \
@@ -96,19 +102,20 @@ END {
 		printf "`z1.zipf.` … `z%s.zipf.`, drawn from a Zipf law (P(rank r) ∝ 1/r^%s) with the same seed for every server, %s queries per second (paced, open loop, 16 UDP sockets), starting from an empty cache; ", \
 			M["z_names"], M["z_s"], M["z_qps"]
 		printf "each name has its own TTL, 10 to 60 s; the upstream holds each answer %s ms (a resolver some way off). ", M["z_delay"]
-		printf "*Hit rate*: share of queries answered right (NOERROR, the address) within %d ms, i.e. without waiting for the upstream. ", M["z_delay"] / 2
+		printf "*Hit rate*: share of queries answered right (NOERROR, the address) in less than %d ms, the upstream\047s delay, i.e. without waiting for the upstream (in brackets: in less than %d ms, which also counts as misses the hits that a stall of the machine held up longer). ", M["z_delay"], M["z_delay"] / 2
 		printf "Every dotproxy row but one has `--cache-size %s` (unbound\047s default message cache is 4 MB; Knot\047s cache is 100 MB); the row with dotproxy\047s default 256k shows what the working set needs.\n", M["z_cache"]
 		print ""
-		print "| server | hit rate | upstream queries per client query | p50 ms | p99 ms | p99.9 ms | max ms | ok / SERVFAIL / lost | dotproxy: prefetches, evictions | unbound\047s own count |"
-		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+		print "| server | hit rate: < " M["z_delay"] " ms (< " M["z_delay"] / 2 " ms) | upstream queries per client query | p50 ms | p99 ms | p99.9 ms | max ms | ok / SERVFAIL / lost | p99 / p99.9 of the answered ms | dotproxy: prefetches, evictions | unbound\047s own count |"
+		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 		split("dp dp_nopf dp_cache", D, " ")
 		for (i = 1; i <= 3 + ns; i++) {
 			s = i <= 3 ? D[i] : P[i - 3]
 			if (!has["zipf", s]) continue
 			n = v("zipf", s, "sent") + 0
-			printf "| %s | %s | %.3f | %s | %s | %s | %s | %s | %s | %d |\n", label(s), pctf(v("zipf", s, "fast") / n), v("zipf", s, "up") / n, \
+			printf "| %s | %s (%s) | %.3f | %s | %s | %s | %s | %s | %s / %s | %s | %d |\n", label(s), pctf(v("zipf", s, "fast") / n), \
+				(v("zipf", s, "fast_half") == "" ? "—" : pctf(v("zipf", s, "fast_half") / n)), v("zipf", s, "up") / n, \
 				ms(v("zipf", s, "p50_ms")), ms(v("zipf", s, "p99_ms")), ms(v("zipf", s, "p999_ms")), ms(v("zipf", s, "max_ms")), \
-				outcome("zipf", s), (s ~ /^dp/ ? v("zipf", s, "dp_prefetches") ", " v("zipf", s, "dp_evictions") : "—"), v("zipf", s, "upstream_own")
+				outcome("zipf", s), ms(v("zipf", s, "ans_p99_ms")), ms(v("zipf", s, "ans_p999_ms")), (s ~ /^dp/ ? v("zipf", s, "dp_prefetches") ", " v("zipf", s, "dp_evictions") : "—"), v("zipf", s, "upstream_own")
 		}
 		print ""
 		bh = -1; bp = 1e12
