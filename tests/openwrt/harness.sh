@@ -1,20 +1,35 @@
 #!/bin/sh
-# tests/openwrt/harness.sh INIT-SCRIPT UCI-CONFIG [start|triggers]
+# tests/openwrt/harness.sh INIT-SCRIPT UCI-CONFIG [ACTION [ARG...]]
 #
-# Runs an OpenWrt procd init script's start_service (or service_triggers) outside OpenWrt:
-# stand-ins for the functions rc.common, /lib/functions.sh and /lib/functions/procd.sh give
-# it, reading UCI-CONFIG (a file in /etc/config syntax, which is shell: 'config', 'option'
-# and 'list' are functions here, as they are in OpenWrt's uci_load). Prints what procd
-# would be told, one line per value:
+# Runs an OpenWrt procd init script's functions outside OpenWrt: stand-ins for the functions
+# rc.common, /lib/functions.sh and /lib/functions/procd.sh give it, reading UCI-CONFIG (a
+# file in /etc/config syntax, which is shell: 'config', 'option' and 'list' are functions
+# here, as they are in OpenWrt's uci_load). uci_load_validate is OpenWrt's own; the
+# validate_data it calls is tests/openwrt/ucistub.py validate. ACTION:
+#   start_service (default; also 'start_service_only'): what procd would be told
+#   start       rc.common's start: start_service, then service_started
+#   stop [NAME] rc.common's stop as far as the script goes: stop_service
+#   restart, shutdown, disable: the script's own (rc.common's stop and start as above)
+#   triggers    service_triggers
+#   validate    the script's validate function without a section (procd_add_validation)
+# procd's part is printed, one line per value:
 #   INSTANCE command ARG        (each argument of the command line, in order)
 #   INSTANCE PARAM VALUE...     (every other procd_set_param)
-#   trigger reload CONFIG       (service_triggers)
+#   INSTANCE jail NAME FLAG...  (procd_add_jail), INSTANCE jail_mount PATH...
+#   trigger reload CONFIG       (service_triggers), validation FUNCTION
+# HARNESS_PROG, HARNESS_HANDOFF and HARNESS_IF_INET6 replace the script's PROG, HANDOFF and
+# IF_INET6 (the binary, /usr/libexec/dotproxy-dnsmasq and /proc/net/if_inet6).
+# shellcheck disable=SC2034 # PROG, HANDOFF, IF_INET6, initscript: read by the init script
+# shellcheck disable=SC3043 # local: as OpenWrt's procd.sh (busybox ash and dash have it)
 set -eu
 
-[ $# -ge 2 ] || { echo "usage: $0 INIT-SCRIPT UCI-CONFIG [start|triggers]" >&2; exit 2; }
+[ $# -ge 2 ] || { echo "usage: $0 INIT-SCRIPT UCI-CONFIG [ACTION [ARG...]]" >&2; exit 2; }
 init=$1
 uci_file=$2
-action=${3:-start}
+action=${3:-start_service}
+[ $# -lt 3 ] || shift 3
+here=$(cd "$(dirname "$0")" && pwd)
+initscript=$init
 
 # ---------------------------------------------------------------- UCI (functions.sh)
 _sections=
@@ -99,15 +114,16 @@ config_list_foreach() {
 	done
 }
 
-# config_foreach FUNCTION [TYPE]
+# config_foreach FUNCTION [TYPE [ARGS...]]: FUNCTION SECTION ARGS... for each section
 config_foreach() {
 	_fe_f=$1
 	_fe_t=${2-}
+	[ $# -lt 2 ] || shift 2
 	for _fe_s in $_sections; do
 		eval "_fe_type=\$CONFIG_${_fe_s}_TYPE"
 		# shellcheck disable=SC2154 # set by the eval above
 		if [ -z "$_fe_t" ] || [ "$_fe_type" = "$_fe_t" ]; then
-			"$_fe_f" "$_fe_s"
+			"$_fe_f" "$_fe_s" "$@" || true  # as OpenWrt's: a failure does not stop the loop
 		fi
 	done
 }
@@ -145,15 +161,79 @@ procd_add_reload_trigger() {
 	for _c in "$@"; do printf 'trigger reload %s\n' "$_c"; done
 }
 
+procd_add_validation() {
+	printf 'validation %s\n' "$1"
+}
+
+procd_add_jail() {
+	_param jail "$@"
+}
+
+procd_add_jail_mount() {
+	_param jail_mount "$@"
+}
+
+# ---------------------------------------------------------------- validation (procd.sh)
+validate_data() { # PACKAGE TYPE SECTION SPEC...
+	_vt=$2 _vn=$3
+	shift 3
+	/usr/bin/python3 "$here/ucistub.py" validate "$uci_file" "$_vt" "$_vn" "$@"
+}
+
+# As OpenWrt's (procd.sh), with validate_data for /sbin/validate_data.
+uci_validate_section() {
+	local _package="$1"
+	local _type="$2"
+	local _name="$3"
+	local _result
+	local _error
+	shift; shift; shift
+	_result=$(validate_data "$_package" "$_type" "$_name" "$@" 2>/dev/null) && _error=0 || _error=$?
+	eval "$_result"
+	[ "$_error" = "0" ] || validate_data "$_package" "$_type" "$_name" "$@" >/dev/null || true
+	return $_error
+}
+
+uci_load_validate() {
+	local _package="$1"
+	local _type="$2"
+	local _name="$3"
+	local _function="$4"
+	local _option
+	local _result
+	shift; shift; shift; shift
+	for _option in "$@"; do
+		eval "local ${_option%%:*}"
+	done
+	uci_validate_section "$_package" "$_type" "$_name" "$@" && _result=0 || _result=$?
+	[ -n "$_function" ] || return $_result
+	eval "$_function \"\$_name\" \"\$_result\""
+}
+
+# ---------------------------------------------------------------- rc.common
+start() {
+	start_service "$@"
+	service_started "$@"
+}
+
+stop() {
+	stop_service "$@"
+}
+
 # ---------------------------------------------------------------- the script
 # shellcheck disable=SC1090 # the init script under test
 . "$init"
+[ -z "${HARNESS_PROG-}" ] || PROG=$HARNESS_PROG
+[ -z "${HARNESS_HANDOFF-}" ] || HANDOFF=$HARNESS_HANDOFF
+[ -z "${HARNESS_IF_INET6-}" ] || IF_INET6=$HARNESS_IF_INET6
 
 case $action in
-start)
-	start_service
+start_service)
+	start_service "$@"
 	[ -z "$_inst" ] || { echo "harness: instance '$_inst' left open" >&2; exit 1; }
 	;;
+start | stop | restart | shutdown | disable) "$action" "$@" ;;
 triggers) service_triggers ;;
+validate) validate_dotproxy_section "" "" ;;
 *) echo "harness: unknown action $action" >&2; exit 2 ;;
 esac
