@@ -5851,8 +5851,10 @@ query_hedge(int slot)
 	memcpy(t->query, p->query, p->qlen);
 	t->twin = (int16_t)slot;
 	p->twin = (int16_t)ts;
-	g.stats.hedged++;
 	upstream_enqueue(&g.upstreams[up], ts);
+	if (p->twin != ts)
+		return 0;	/* its connect() failed at once: dropped */
+	g.stats.hedged++;
 	return 1;
 }
 

@@ -3155,11 +3155,35 @@ test_migrate(void)
 	connects = a->n_connects;
 	upstream_lost(a, "unit: lost");
 	CHECK_EQ(a->state, UPSTREAM_CONNECTING);
-	CHECK_EQ(b->state, UPSTREAM_BACKOFF);
 	CHECK_EQ(a->n_connects - connects, 1);
 	if (a->fd >= 0)
 		close(a->fd);
 	a->fd = -1;
+	/* A slow query's hedge to B, whose connect fails at once: the twin
+	 * goes, and neither the counter nor the cap counts a hedge. */
+	migrate_setup();
+	a = &g.upstreams[0];
+	b = &g.upstreams[1];
+	g.hedge_pct = 5;
+	g.hedge_tokens = 300;
+	a->srtt_ms = 10;
+	a->rttvar_ms = 5;
+	migrate_add_query(a, 0);
+	slot = a->queue_head;
+	a->queue_head = a->queue_tail = -1;
+	put16(g.pending[slot].query, idmap_take(&a->ids, slot));
+	pending_set_state(slot, PENDING_SENT);
+	g.pending[slot].sent_ms = a->unanswered_ms = g.now_ms;
+	a->inflight = 1;
+	upstream_hedge_watch(a, slot);
+	g.now_ms += upstream_hedge_ms(a);
+	upstream_timers(a);
+	CHECK_EQ(b->state, UPSTREAM_BACKOFF);
+	CHECK_EQ(g.pending[slot].twin, -1);
+	CHECK_EQ(g.pending[slot].state, PENDING_SENT);
+	CHECK_EQ(g.n_free, MAX_PENDING - 1);
+	CHECK_EQ(g.stats.hedged, 0);
+	CHECK_EQ(g.hedge_tokens, 300);
 }
 
 static const char *current_test = "";
