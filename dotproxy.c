@@ -3905,7 +3905,8 @@ upstream_detach(int slot)
 	int prev = -1, cur;
 
 	if (p->state == PENDING_SENT) {
-		u->inflight--;
+		if (--u->inflight == 0 && u->answered)
+			u->unanswered_ms = 0;	/* nothing waits on it */
 		idmap_drop(&u->ids, p->up_id);
 		upstream_hedge_unwatch(u, slot);
 		return;
@@ -4222,22 +4223,38 @@ upstream_server_closed(struct upstream *u)
  * (back-off, failover). One that answered before may only have met a
  * question its resolver cannot answer (any client can ask one, at will),
  * and a lone upstream has nowhere to send its queries: the connection is
- * made again, with no back-off and no failover; if the new one stays
- * silent too, that tells.
+ * made again, with no back-off; if the new one stays silent too, that
+ * tells. With another upstream usable, it is made again as a failed
+ * one's is (upstream_pick ranks it after the healthy ones; a probe of our
+ * own, not clients' queries, shows when it answers again): a resolver
+ * that holds every answer for seconds would otherwise take clients'
+ * queries into each new connection's handshake and answer them too late.
  */
 static void
 upstream_lost(struct upstream *u, const char *what)
 {
-	if (!u->answered && upstream_other_usable(u)) {
+	int other = upstream_other_usable(u);
+
+	if (!u->answered && other) {
 		upstream_fail(u, what);
 		return;
 	}
-	if (!u->answered && !u->failing) {
-		log_warn("upstream %s: %s: connecting again", u->label, what);
+	if (!u->failing && (!u->answered || other)) {
+		log_warn("upstream %s: %s: connecting again%s", u->label,
+		    what, other ? "; others take the queries until it "
+		    "answers" : "");
 		u->failing = 1;
 		util_fmt(u->why, sizeof u->why, "%s", what);
 	}
-	upstream_closed(u, "lost connection closed");
+	/* upstream_closed, but what was in flight goes where upstream_pick
+	 * says (nowhere else when u is the only choice) */
+	log_debug("upstream %s: lost connection closed", u->label);
+	upstream_teardown(u);
+	upstream_set_state(u, UPSTREAM_DISCONNECTED);
+	upstream_migrate_queue(u);
+	if (u->queue_head >= 0 && u->state == UPSTREAM_DISCONNECTED)
+		upstream_connect(u);	/* (a pick that failed at once may
+					 * have come back and connected) */
 }
 
 /*
@@ -4750,9 +4767,15 @@ upstream_timers(struct upstream *u)
 			    "connect timed out" : "handshake timed out");
 		break;
 	case UPSTREAM_READY:
-		if (u->suspect &&
+		/* Lost only with queries in flight, once it has answered:
+		 * when their twins have answered, it stays suspect (new
+		 * queries go elsewhere) until it answers or its idle close (a
+		 * client can make one name slow at will: no warning, no
+		 * failover for that). A new connection that has answered
+		 * nothing in a whole --timeout has failed (upstream_lost). */
+		if (u->suspect && (u->inflight > 0 || !u->answered) &&
 		    g.now_ms - u->unanswered_ms >= g.query_timeout_ms) {
-			upstream_silent(u);	/* its twins may have answered */
+			upstream_silent(u);
 			break;
 		}
 		if (!u->suspect && u->unanswered_ms != 0 && u->inflight > 0 &&
@@ -4810,7 +4833,7 @@ upstream_next_deadline(const struct upstream *u)
 	case UPSTREAM_CLOSING:
 		return u->deadline_ms;
 	case UPSTREAM_READY:		/* as upstream_timers acts */
-		if (u->suspect || u->inflight > 0) {
+		if (u->inflight > 0 || (u->suspect && !u->answered)) {
 			/* and the queries' own deadlines */
 			d = u->suspect ? u->unanswered_ms + g.query_timeout_ms :
 			    u->unanswered_ms == 0 ? INT64_MAX :

@@ -415,3 +415,38 @@ def test_tcp_user_timeout_after_icmp_error_reconnects_at_once(dotproxy_bin, pki,
         "after the kernel gave up on the dead path, expected a new connection at once; got "
         "%s\nlog:\n%s" % (out["q3"], out["log"]))
     assert NO_UPSTREAM not in out["log"], out["log"]
+
+
+def test_upstream_holding_every_answer_gives_way_to_the_second(proxies, slow_dot):
+    """From the chaos run (fault "delay": relay A holds every record, answers and handshakes
+    alike, for 3 s; --timeout 1500; relay B healthy): about 2,400 SERVFAILs in 3 s with two
+    upstreams.  The first's connection, silent for a whole --timeout, was made again as a lone
+    upstream's is (no failover), with its queries in flight queued on the new connection, and
+    new queries went there too (the first is preferred): all of them waited for a handshake
+    that took 3 s and got SERVFAIL.  A lost connection of an upstream with another usable must
+    send the queries to the other until it answers again (a probe of our own shows that)."""
+    holding = {"on": False}
+    first = slow_dot(delay=lambda name: 3.0 if holding["on"] else 0.0)
+    second = slow_dot()
+    p = proxies.start([UP % first.port, UP % second.port],
+                      extra=["-t", "1500", "--cache-size", "0", "--hedge-percent", "0", "-v"])
+    r = query_udp(p.port, "q1.warm.test")
+    assert a_addrs(r) == {"192.0.2.1"} and first.names.get("q1.warm.test.") == 1, first.names
+    holding["on"] = True
+    first.hs_delay = 3.0
+    asker = UdpAsker(p.port)
+    try:
+        t0 = time.monotonic()
+        for k in range(2, 82):              # 80 queries, one every 60 ms: 4.8 s
+            time.sleep(max(0.0, t0 + 0.06 * (k - 2) - time.monotonic()))
+            asker.ask("q%d.held.test" % k)
+        asker.collect(time.monotonic() + 3.0)
+        res = asker.results()
+    finally:
+        asker.close()
+    bad = {n: v for n, v in res.items() if v != "ok"}
+    assert not bad, ("%d of 80 queries not answered while the second upstream was healthy: "
+                     "%r\nfirst: %r\nlog tail:\n%s"
+                     % (len(bad), sorted(bad.items())[:10], first.conns,
+                        "\n".join(p.lines[-40:])))
+    assert p.alive()
