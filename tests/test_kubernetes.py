@@ -1148,6 +1148,54 @@ def test_interception_mode(netns, tmp_path, dotproxy_bin, pki):
     assert pod_sees() == ({CLUSTER_ADDR}, set())
 
 
+KUBE_DNS_IP6 = "fd00:10:96::a"
+
+
+def test_interception_ipv6(netns, tmp_path, dotproxy_bin, pki):
+    """An IPv6 kube-dns ClusterIP (render.sh --kube-dns-ip fd00:10:96::a), on the node: setup
+    puts it on the interface, dotproxy listens on it with the rendered args, the sidecar's
+    NOTRACK takes it (the IPv6 set: no conntrack entry for the node's queries to it, over
+    UDP and TCP), and teardown leaves nothing."""
+    need("nft", "conntrack")
+    docs = load_docs(render_text("--kube-dns-ip", KUBE_DNS_IP6))
+    pod = Pod(docs, tmp_path, services={"KUBE_DNS_UPSTREAM_SERVICE_HOST": UPSTREAM_SVC_IP})
+    assert opt_values(pod.argv("dotproxy"), "--listen")[1] == KUBE_DNS_IP6 + "@53"
+    node = netns("node")
+    # kube-proxy's IPv6 nat rules (conntrack tracks nothing without some)
+    node.run(["nft", "-f", "-"], input="table ip6 kp { chain o { type nat hook output "
+             "priority -100; policy accept; ip6 daddr fd00:10:96::99 udp dport 53 "
+             "dnat to fd00:10:96::a; }; }")
+    node.run(pod.argv("setup"), env=agent_env(pod, "setup", tmp_path))
+    assert KUBE_DNS_IP6 + "/128" in node.run(["ip", "-6", "addr", "show", "dotproxy"]).stdout
+    ns_unbound(node, pki, tmp_path)
+    argv, env = dotproxy_cmd(pod, dotproxy_bin, pki)
+    p = node.popen(argv, str(tmp_path / "dp.log"), env=env)
+    assert wait_ready(node), log_of(p)
+
+    def ask():
+        for tcp in (False, True):
+            assert Cluster.answers(node, KUBE_DNS_IP6, "example.test", tcp=tcp) == EXAMPLE
+
+    def tracked():
+        out = node.run(["conntrack", "-L", "-f", "ipv6"], check=False).stdout
+        return [l for l in out.splitlines() if "port=53 " in l and KUBE_DNS_IP6 in l]
+
+    ask()
+    assert tracked(), "the control: tracked before the sidecar runs"
+    agent = node.popen(pod.argv("node-agent"), str(tmp_path / "agent.log"),
+                       env=agent_env(pod, "node-agent", tmp_path))
+    assert wait_for(lambda: node.run(["nft", "get", "element", "inet", "dotproxy", "local6",
+                                      "{ %s }" % KUBE_DNS_IP6], check=False).returncode == 0,
+                    10), log_of(agent)
+    node.run(["conntrack", "-F"], check=False)
+    ask()
+    assert tracked() == []
+    quick_stop(p)
+    assert stop(agent) == 0, log_of(agent)
+    assert node.run(["ip", "link", "show", "dotproxy"], check=False).returncode != 0
+    assert node.run(["nft", "list", "table", "inet", "dotproxy"], check=False).returncode != 0
+
+
 def test_rolling_update_keeps_the_node_setup(netns, tmp_path, dotproxy_bin, pki):
     """A rolling update on one node: the new pod's containers start beside the old one's (the
     --http port apart, see test_surge_pod_with_the_manifest_args); the old pod stops; its
