@@ -19,7 +19,7 @@ import pytest
 
 import helpers
 from helpers import wait_until
-from scriptdot import Wire, a_of, query_wire, reply, rr
+from scriptdot import TC, Wire, a_of, query_wire, reply, rr, txt_of
 from slowdot import slow_dot  # noqa: F401 - a fixture
 from test_latency import EDE_STALE, ask, asker, edes, start, ttls  # noqa: F401 - asker: a fixture
 
@@ -220,3 +220,48 @@ def test_stale_timer_never_serves_past_the_window_nor_another_key(proxies, slow_
         assert it.elapsed > 1.0, "%r: answered before the upstream did" % it
         assert "192.0.2.1" not in a_of(it.reply), it
         assert EDE_STALE not in [c for c, _ in edes(it.reply)], it
+
+
+def test_stale_answers_keep_each_clients_size_id_and_spelling(proxies, slow_dot, asker):
+    """Held.  A 650-byte TXT answer (TTL 1) expired; the upstream then takes 2 s;
+    --stale-timeout 300.  Four clients of one key at once (one leader, three followers)
+    get the stale answer each as THEY asked: their ID and spelling; no EDNS over UDP:
+    TC=1 within 512 bytes and no OPT; EDNS 1232 over UDP and TCP: all three strings,
+    TTL 30, EDE 3 only to those that sent an OPT."""
+    name = "big.stale.test"
+    n = {"k": 0}
+
+    def answer(wire, srv):
+        q = Wire(wire)
+        n["k"] += 1
+        return reply(q, answer=[rr(q.qname, 1, "TXT",
+                                   *['"%s"' % (c * 200) for c in "abc"])])
+    srv = slow_dot(delay=lambda nm: 2.0 if srv.count(nm) >= 2 else 0.0, answer=answer)
+    p = start(proxies, [srv], ["--serve-stale", "60", "--stale-timeout", "300",
+                               "-t", "4000"])
+    a = asker(p.port)
+    first = a.tcp(query_wire(name, rdtype=16, qid=9), "seed")
+    assert a.collect(3.0) and first.reply.rcode == 0, a.describe()
+    time.sleep(1.3)
+    b = asker(p.port)
+    plan = [("udp-noedns", "BIG.stale.test", "udp", dict(), True),
+            ("udp-1232", "big.STALE.test", "udp", dict(edns=True, payload=1232), False),
+            ("tcp-noedns", "Big.Stale.Test", "tcp", dict(), False),
+            ("tcp-edns", "bIG.sTALE.tEST", "tcp", dict(edns=True), False)]
+    for k, (tag, spelling, kind, kw, _) in enumerate(plan):
+        (b.udp if kind == "udp" else b.tcp)(query_wire(spelling, rdtype=16,
+                                                       qid=0x2200 + k, **kw), tag)
+    assert b.collect(1.8), "no stale answers before the upstream's:\n" + b.describe()
+    tc = {tag: want for tag, _, _, _, want in plan}
+    for it in b.items:
+        r, q = it.reply, it.q
+        assert r.id == q.id and r.qbytes == q.qbytes and r.rcode == 0, it
+        assert (r.opt is not None) == (q.opt is not None), it
+        assert r.flag(TC) == tc[it.tag], it
+        if tc[it.tag]:
+            assert len(r.raw) <= 512 and r.answer == [], it
+        else:
+            assert {x.ttl for x in r.answer} == {30}, it
+            assert sorted(s for x in r.answer for s in txt_of(x)) == \
+                [c * 200 for c in "abc"], it
+            assert (EDE_STALE in [c for c, _ in edes(r)]) == (q.opt is not None), it
