@@ -480,6 +480,7 @@ struct client_conn {
 	size_t in_len;
 	size_t out_off, out_len;
 	int big;			/* buffers grew past a page or two */
+	int answered;			/* an answer went out on it */
 	unsigned char *in;		/* g.client_in[slot] */
 	unsigned char *out;		/* g.client_out[slot] */
 };
@@ -599,6 +600,11 @@ static struct proxy {
 	unsigned lame_duck_ms;		/* --lame-duck */
 	int lame_duck;			/* stopping: answering, not ready */
 	int64_t lame_duck_end_ms;
+	int steer_wait;			/* --reuseport beside another instance:
+					 * it keeps the queries until we are
+					 * ready (start_steer_all) */
+	int steer_probing;		/* lame duck: our token not yet seen */
+	unsigned char steer_token[16];	/* start_steer_probe's datagram */
 	sig_atomic_t drain_signals;	/* signals seen when the drain began */
 	int64_t drain_deadline_ms;
 	struct listener listeners[MAX_LISTENERS];
@@ -3256,7 +3262,8 @@ static int query_hedge(int slot);
 static void query_drop(int slot);
 static void zone_tcp_start(int slot, unsigned char *tc, size_t tclen);
 static void query_hedge_slow(int slot);
-static void start_steer_away(int fd);
+static void start_steer_all(unsigned index);
+static void start_steer_probe(void);
 static void query_probe(struct upstream *u);
 static void observe_status(void);
 static void query_receive(const unsigned char *msg, size_t len,
@@ -3306,13 +3313,19 @@ zone_udp_close(int ui)
 	g.zudp_free[g.n_zudp_free++] = ui;
 }
 
+/* Closes with a reset (SO_LINGER 0): closing first, a connection per
+ * query would leave a TIME_WAIT socket each for a minute, and a busy
+ * zone would run out of local ports (28,232 by default). */
 static void
 zone_tcp_close(int ti)
 {
 	struct zone_tcp *t = &g.ztcp[ti];
+	struct linger now = { 1, 0 };
 
-	if (t->fd >= 0)
+	if (t->fd >= 0) {
+		setsockopt(t->fd, SOL_SOCKET, SO_LINGER, &now, sizeof now);
 		close(t->fd);
+	}
 	t->fd = -1;
 	t->state = ZTCP_FREE;
 	if (t->slot >= 0 && g.pending[t->slot].ztcp == ti)
@@ -4995,6 +5008,7 @@ client_accept(struct listener *l)
 	c->peer = peer;
 	c->state = CLIENT_OPEN;
 	c->inflight = 0;
+	c->answered = 0;
 	c->in_len = 0;
 	c->out_off = c->out_len = 0;
 	c->last_active_ms = g.now_ms;
@@ -5165,6 +5179,7 @@ client_answer(int slot, unsigned gen, const unsigned char *msg, size_t len)
 	if (c->state == CLIENT_FREE || c->gen != gen)
 		return;		/* the client left; drop the answer */
 	c->inflight--;
+	c->answered = 1;
 	if (msg != NULL)
 		client_send_frame(c, msg, len);
 	if (c->state == CLIENT_EOF && c->fd >= 0 && client_is_idle(c) &&
@@ -5187,6 +5202,19 @@ client_want(struct client_conn *c, fd_set *rd, fd_set *wr, int *maxfd)
 		*maxfd = c->fd;
 }
 
+/* Returns 1 if a client is to be closed in the lame duck: answered,
+ * with nothing in flight, nothing to send, no query begun (a connection
+ * not yet answered is waited for: its query is on the way). Its next
+ * connection goes to the instance the listener's group is steered to
+ * (RFC 7766 6.2.3 lets a server close idle connections; clients connect
+ * again). */
+static int
+client_lame_duck_close(const struct client_conn *c)
+{
+	return g.lame_duck && g.reuseport && c->answered &&
+	    client_is_idle(c) && c->in_len == 0;
+}
+
 /* Closes a connection idle for CLIENT_IDLE_MS, or one whose answers have
  * not been read for as long, or one that started a query and has not
  * finished it within CLIENT_FRAME_MS (a slowloris trickles bytes to stay
@@ -5197,6 +5225,11 @@ client_timers(struct client_conn *c)
 {
 	if (c->state == CLIENT_FREE)
 		return;
+	if (client_lame_duck_close(c)) {
+		log_debug("TCP client idle in the lame duck: closed");
+		client_close(c);
+		return;
+	}
 	if (c->inflight >= MAX_INFLIGHT_PER_CLIENT || client_has_frame(c))
 		c->frame_start_ms = g.now_ms;	/* the proxy is not reading */
 	else if (c->in_len > 0 &&
@@ -5223,6 +5256,8 @@ client_next_deadline(const struct client_conn *c)
 
 	if (c->state == CLIENT_FREE)
 		return d;
+	if (client_lame_duck_close(c))
+		return g.now_ms;
 	if (c->in_len > 0 && c->inflight < MAX_INFLIGHT_PER_CLIENT &&
 	    !client_has_frame(c))
 		d = c->frame_start_ms + CLIENT_FRAME_MS;
@@ -5438,6 +5473,14 @@ udp_on_readable(size_t li)
 		struct msghdr *mh = &udp_rx.hdr[i].msg_hdr;
 		struct origin from;
 
+		if (g.steer_probing && udp_rx.hdr[i].msg_len ==
+		    sizeof g.steer_token && memcmp(udp_rx.buf[i],
+		    g.steer_token, sizeof g.steer_token) == 0) {
+			/* our own token: we are index 0 (start_steer_probe) */
+			g.steer_probing = 0;
+			start_steer_all(1);
+			continue;
+		}
 		memset(&from, 0, sizeof from);
 		from.kind = ORIGIN_UDP;
 		from.at_ms = g.now_ms;
@@ -6671,6 +6714,26 @@ observe_log_stats(void)
 
 /* ==== loop: fd sets, select(), dispatch, timers ======================= */
 
+/* --reuseport beside another instance (start_steer_all): our own
+ * upstream is tried at once (nothing else would connect it), and once
+ * one is verified the queries come here. */
+static void
+loop_steer_when_ready(void)
+{
+	size_t i;
+
+	for (i = 0; i < g.n_upstreams; i++)
+		if (observe_upstream_up(&g.upstreams[i])) {
+			g.steer_wait = 0;
+			start_steer_all(1);
+			log_info("upstream %s verified: taking the queries from "
+			    "the other instance", g.upstreams[i].label);
+			return;
+		}
+	if (g.upstreams[0].state == UPSTREAM_DISCONNECTED)
+		query_probe(&g.upstreams[0]);
+}
+
 /* Expires queries (SERVFAIL at the query timeout), then the timers of
  * upstreams and clients. */
 static void
@@ -6688,6 +6751,8 @@ loop_expire(void)
 		query_stale_timer(g.stale.head);
 	for (i = 0; i < g.n_upstreams; i++)
 		upstream_timers(&g.upstreams[i]);
+	if (g.steer_wait)
+		loop_steer_when_ready();
 	for (i = 0; i < MAX_TCP_CLIENTS; i++)
 		client_timers(&g.clients[i]);
 }
@@ -6790,10 +6855,15 @@ loop_begin_lame_duck(void)
 	g.lame_duck_end_ms = g.now_ms + g.lame_duck_ms;
 	util_notify("STOPPING=1\nSTATUS=lame duck: answering for %u ms",
 	    g.lame_duck_ms);
-	for (i = 0; i < g.n_listeners && g.reuseport; i++) {
-		start_steer_away(g.listeners[i].udp_fd);
-		start_steer_away(g.listeners[i].tcp_fd);
+	g.steer_wait = 0;
+	if (g.reuseport) {
+		start_steer_all(0);
+		start_steer_probe();
 	}
+	for (i = 0; i < MAX_TCP_CLIENTS; i++)	/* the rest when idle */
+		if (g.clients[i].state != CLIENT_FREE &&
+		    client_lame_duck_close(&g.clients[i]))
+			client_close(&g.clients[i]);
 	log_info("stopping on signal %d: answering for %u ms more (lame "
 	    "duck), then draining", (int)g_stop_signal, g.lame_duck_ms);
 }
@@ -7432,13 +7502,13 @@ static const struct config_option config_options[] = {
 	    "on SIGTERM, finish the queries in flight for at most MS" },
 	{ 0, CONFIG_NUMBER, 0, "lame-duck", "MS", &g.lame_duck_ms,
 	    0, 600000, "milliseconds",
-	    "on SIGTERM, first keep answering for MS while /ready says 503 "
-	    "and new queries are steered to a --reuseport instance beside "
-	    "this one, then drain" },
+	    "on SIGTERM, first keep answering for MS while /ready says 503, "
+	    "new queries go to a --reuseport instance beside this one and "
+	    "idle TCP clients are closed, then drain" },
 	{ 0, CONFIG_FLAG, 0, "reuseport", NULL, &g.reuseport, 0, 0, NULL,
 	    "let another dotproxy bind the same addresses (SO_REUSEPORT), "
-	    "for restarts with no gap: start the new one, then stop this one "
-	    "with --lame-duck" },
+	    "for restarts with no gap: a new one takes the queries once an "
+	    "upstream answers it; then stop the old one (--lame-duck)" },
 	{ 0, CONFIG_VALUE, 0, "allow", "CIDR", NULL, 0, 0, NULL,
 	    "answer clients in CIDR (repeatable); default loopback, RFC "
 	    "1918, link-local and ULA; others get REFUSED" },
@@ -7989,6 +8059,111 @@ start_syslog(int want_syslog)
 	g_log.syslog_fd = fd;
 }
 
+/*
+ * --reuseport: the kernel spreads datagrams and connections over the
+ * sockets bound to one address by hash; a program attached to the group
+ * (SO_ATTACH_REUSEPORT_CBPF, one per group, the last one attached wins)
+ * picks one by index instead. The sockets are indexed in the order they
+ * joined (UDP at bind, TCP at listen), and when one leaves the last takes
+ * its place: with two instances, index 0 is the older one, index 1 the
+ * newer; an index out of range falls back to the hash. So:
+ *   - a new instance beside another (start_in_use) steers every group to
+ *     index 0, the old one, until an upstream of its own is verified
+ *     (its /ready), then to index 1, itself: it takes queries only once it
+ *     can answer them, and a program an old instance left is replaced;
+ *   - a stopping one (loop_begin_lame_duck) steers to index 0, and sends
+ *     itself a token datagram (start_steer_probe): if the token comes back
+ *     to it, it is index 0 itself, and steers to index 1 instead. Either
+ *     way new queries go to the other instance, whether the older or the
+ *     newer one is stopped (a rollback, a failed surge pod).
+ * A TCP group follows its UDP group's index: each instance binds both
+ * together. The --http listener of a new instance steers to itself at
+ * once (start_http): probes of the new pod get the new pod's answers.
+ * With three or more instances on one address the index is a guess. The classic-BPF structs (linux/filter.h, which musl does not
+ * have): one instruction, "return index".
+ */
+struct start_sock_filter {
+	uint16_t code;
+	uint8_t jt, jf;
+	uint32_t k;
+};
+
+struct start_sock_fprog {
+	unsigned short len;
+	struct start_sock_filter *filter;
+};
+
+/* Returns 1 if another socket of type is bound to addr (a bind without
+ * SO_REUSEPORT says EADDRINUSE). */
+static int
+start_in_use(const union sockaddr_u *addr, socklen_t len, int type)
+{
+	int fd = socket(addr->sa.sa_family, type | SOCK_CLOEXEC, 0);
+	int one = 1, used;
+
+	if (fd < 0)
+		return 0;
+	if (addr->sa.sa_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+	used = bind(fd, &addr->sa, len) < 0 && errno == EADDRINUSE;
+	close(fd);
+	return used;
+}
+
+/* Steers new datagrams or connections of fd's group to the socket at
+ * index. */
+static void
+start_steer(int fd, unsigned index)
+{
+	struct start_sock_filter ret[1] = { { 0x06, 0, 0, 0 } };
+	struct start_sock_fprog prog = { 1, ret };	/* BPF_RET|BPF_K */
+
+	ret[0].k = index;
+	if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF,
+	    &prog, sizeof prog) < 0)
+		log_warn("cannot steer new queries (--reuseport): %s",
+		    strerror(errno));
+}
+
+/* start_steer on every listener's UDP and TCP socket. */
+static void
+start_steer_all(unsigned index)
+{
+	size_t i;
+
+	for (i = 0; i < g.n_listeners; i++) {
+		start_steer(g.listeners[i].udp_fd, index);
+		start_steer(g.listeners[i].tcp_fd, index);
+	}
+}
+
+/* Sends the first UDP listener a random token (not a DNS query: QR is
+ * set, so no instance answers it); udp_on_readable looks for it. The
+ * group is steered to index 0 already. */
+static void
+start_steer_probe(void)
+{
+	const struct listener *l = &g.listeners[0];
+	union sockaddr_u to;
+	int fd;
+
+	if (g.n_listeners == 0 || l->udp_fd < 0 ||
+	    util_random(g.steer_token, sizeof g.steer_token) < 0)
+		return;
+	g.steer_token[2] |= DNS_FLAG_QR;
+	to = l->addr;
+	if (l->wildcard && to.sa.sa_family == AF_INET)
+		to.sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	else if (l->wildcard)
+		to.sin6.sin6_addr = in6addr_loopback;
+	fd = socket(to.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	g.steer_probing = sendto(fd, g.steer_token, sizeof g.steer_token, 0,
+	    &to.sa, l->addrlen) == (ssize_t)sizeof g.steer_token;
+	close(fd);
+}
+
 /* --http: opens its listener (PORT alone means 127.0.0.1@PORT). */
 static void
 start_http(const char *spec)
@@ -7996,7 +8171,7 @@ start_http(const char *spec)
 	char buf[64];
 	union sockaddr_u a;
 	socklen_t alen;
-	int fd, one = 1;
+	int fd, one = 1, shared;
 	size_t i;
 	unsigned long port;
 
@@ -8009,13 +8184,24 @@ start_http(const char *spec)
 	    0)
 		die("bad --http '%s' (want PORT, IP@PORT, IPv4:PORT or "
 		    "[IPv6]:PORT)", spec);
+	/* --reuseport: an instance beside this one on the same port (pods
+	 * of one DaemonSet on the host network ask for the same one) leaves
+	 * /health, /ready and /metrics to the newest, this one: a kubelet's
+	 * readiness probe of the new pod gets the new pod's answer. */
+	shared = g.reuseport && start_in_use(&a, alen, SOCK_STREAM);
 	fd = socket(a.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
 	    0);
-	if (fd >= 0)
+	if (fd >= 0) {
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (g.reuseport)
+			setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one,
+			    sizeof one);
+	}
 	if (fd < 0 || fd >= FD_SETSIZE || bind(fd, &a.sa, alen) < 0 ||
 	    listen(fd, 16) < 0)
 		die("cannot serve --http on %s: %s", spec, strerror(errno));
+	if (shared)
+		start_steer(fd, 1);
 	g.http_fd = fd;
 	for (i = 0; i < MAX_HTTP_CLIENTS; i++) {
 		g.http[i].fd = -1;
@@ -8119,13 +8305,15 @@ start_open_listener(struct listener *l, int optional)
 		if (g.reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT,
 		    &one, sizeof one) < 0)
 			goto fail;
+		if (g.reuseport && i == 0 && start_in_use(&l->addr, l->addrlen,
+		    SOCK_DGRAM))
+			g.steer_wait = 1;	/* another instance is there */
 		if (bind(fd, &l->addr.sa, l->addrlen) < 0)
 			goto fail;
-		if (g.reuseport)	/* an old instance's steering ends */
-			(void)setsockopt(fd, SOL_SOCKET,
-			    SO_DETACH_REUSEPORT_BPF, &one, sizeof one);
 		if (types[i] == SOCK_STREAM && listen(fd, 128) < 0)
 			goto fail;
+		if (g.steer_wait)	/* at once: it is in the group now */
+			start_steer(fd, 0);
 	}
 	l->udp_fd = fds[0];
 	l->tcp_fd = fds[1];
@@ -8153,42 +8341,6 @@ fail:
 		    "CAP_NET_BIND_SERVICE)" : "");
 	}
 	return -1;
-}
-
-/*
- * --reuseport: the kernel spreads datagrams and connections over the
- * sockets bound to one address by hash; a program attached to the group
- * (SO_ATTACH_REUSEPORT_CBPF) picks one by index instead. A stopping
- * instance (loop_begin_lame_duck) attaches "the socket at index 1": the
- * sockets are indexed in the order they were bound, so that is the
- * instance that started after this one; with none (index out of range),
- * the kernel falls back to the hash, and this one gets all as before. A
- * new instance detaches any program when it binds (start_open_listener),
- * so it takes traffic only once the old one steers it there. The
- * classic-BPF structs (linux/filter.h, which musl does not have): one
- * instruction, "return 1".
- */
-struct start_sock_filter {
-	uint16_t code;
-	uint8_t jt, jf;
-	uint32_t k;
-};
-
-struct start_sock_fprog {
-	unsigned short len;
-	struct start_sock_filter *filter;
-};
-
-static void
-start_steer_away(int fd)
-{
-	static struct start_sock_filter ret1[1] = { { 0x06, 0, 0, 1 } };
-	struct start_sock_fprog prog = { 1, ret1 };	/* BPF_RET|BPF_K */
-
-	if (fd >= 0 && setsockopt(fd, SOL_SOCKET,
-	    SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog) < 0)
-		log_warn("cannot steer new queries to the next instance: %s",
-		    strerror(errno));
 }
 
 /* Parses a --listen spec and opens its sockets (fatal on error). */
@@ -8335,6 +8487,10 @@ start_up(const struct start_opts *o)
 	}
 	for (i = 0; i < o->n_listen && activated == 0; i++)
 		start_listener(o->listen_specs[i], 0);
+	if (g.steer_wait)
+		log_info("another instance listens on these addresses "
+		    "(--reuseport): it takes the queries until an upstream "
+		    "answers here");
 	if (o->http_spec != NULL)
 		start_http(o->http_spec);
 	if (g.n_allow == 0)
