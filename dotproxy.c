@@ -4767,6 +4767,48 @@ upstream_on_readable(struct upstream *u)
 }
 
 
+/* upstream_timers of a READY connection: silence, suspicion, hedges,
+ * the idle close and the renewal of the ID space. */
+static void
+upstream_ready_timers(struct upstream *u)
+{
+	/* Lost only with queries in flight, once it has answered:
+	 * when their twins have answered, it stays suspect (new
+	 * queries go elsewhere) until it answers or its idle close (a
+	 * client can make one name slow at will: no warning, no
+	 * failover for that). A new connection that has answered
+	 * nothing in a whole --timeout has failed (upstream_lost). */
+	if (u->suspect && (u->inflight > 0 || !u->answered) &&
+	    g.now_ms - u->unanswered_ms >= g.query_timeout_ms) {
+		upstream_silent(u);
+		return;
+	}
+	if (!u->suspect && u->unanswered_ms != 0 && u->inflight > 0 &&
+	    g.now_ms - u->unanswered_ms >= upstream_stall_ms(u))
+		upstream_suspect(u);
+	/* One query slower than u's usual round trip, while others
+	 * are answered: ask another upstream too (query_hedge_slow
+	 * keeps to --hedge-percent). */
+	while (upstream_hedge_due(u) <= g.now_ms) {
+		int slot = u->hedge.head;
+
+		upstream_hedge_unwatch(u, slot);
+		query_hedge_slow(slot);
+	}
+	/* Half the IDs used (an ID is never used twice on a
+	 * connection), and the last answer in: a new connection, the
+	 * same session. Meanwhile queries wait (upstream_inject). */
+	if ((u->inflight == 0 && u->ids.n_used >= ID_MAX_USED) ||
+	    (u->inflight == 0 && u->queue_head < 0 &&
+	    g.now_ms - u->idle_since_ms >= g.idle_timeout_ms)) {
+		/* Close before the server does, so a query never
+		 * races a server-side close (stubby#346). */
+		br_ssl_engine_close(&u->sc.eng);
+		upstream_set_state(u, UPSTREAM_CLOSING);
+		upstream_pump(u);
+	}
+}
+
 /* Deadlines of one upstream: handshake, stall, idle close, close,
  * backoff. */
 static void
@@ -4780,41 +4822,7 @@ upstream_timers(struct upstream *u)
 			    "connect timed out" : "handshake timed out");
 		break;
 	case UPSTREAM_READY:
-		/* Lost only with queries in flight, once it has answered:
-		 * when their twins have answered, it stays suspect (new
-		 * queries go elsewhere) until it answers or its idle close (a
-		 * client can make one name slow at will: no warning, no
-		 * failover for that). A new connection that has answered
-		 * nothing in a whole --timeout has failed (upstream_lost). */
-		if (u->suspect && (u->inflight > 0 || !u->answered) &&
-		    g.now_ms - u->unanswered_ms >= g.query_timeout_ms) {
-			upstream_silent(u);
-			break;
-		}
-		if (!u->suspect && u->unanswered_ms != 0 && u->inflight > 0 &&
-		    g.now_ms - u->unanswered_ms >= upstream_stall_ms(u))
-			upstream_suspect(u);
-		/* One query slower than u's usual round trip, while others
-		 * are answered: ask another upstream too (query_hedge_slow
-		 * keeps to --hedge-percent). */
-		while (upstream_hedge_due(u) <= g.now_ms) {
-			int slot = u->hedge.head;
-
-			upstream_hedge_unwatch(u, slot);
-			query_hedge_slow(slot);
-		}
-		/* Half the IDs used (an ID is never used twice on a
-		 * connection), and the last answer in: a new connection, the
-		 * same session. Meanwhile queries wait (upstream_inject). */
-		if ((u->inflight == 0 && u->ids.n_used >= ID_MAX_USED) ||
-		    (u->inflight == 0 && u->queue_head < 0 &&
-		    g.now_ms - u->idle_since_ms >= g.idle_timeout_ms)) {
-			/* Close before the server does, so a query never
-			 * races a server-side close (stubby#346). */
-			br_ssl_engine_close(&u->sc.eng);
-			upstream_set_state(u, UPSTREAM_CLOSING);
-			upstream_pump(u);
-		}
+		upstream_ready_timers(u);
 		break;
 	case UPSTREAM_CLOSING:
 		if (g.now_ms >= u->deadline_ms)
