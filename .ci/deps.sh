@@ -101,6 +101,12 @@ check() {
 		need clang have clang
 		need libclang-rt-dev clang_fuzzer_runtime
 		need valgrind have valgrind
+		# tests/test_openwrt.py: a real dnsmasq in front of dotproxy, bwrap's empty root,
+		# the seccomp list loaded by libseccomp, busybox ash (OpenWrt's shell)
+		need dnsmasq-base have dnsmasq
+		need bubblewrap have bwrap
+		need python3-seccomp /usr/bin/python3 -c 'import seccomp'
+		need busybox-static have busybox
 	fi
 	if [ "$mode" = cross ]; then
 		for t in aarch64-linux-gnu arm-linux-gnueabihf mips-linux-gnu mipsel-linux-gnu; do
