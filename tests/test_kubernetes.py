@@ -1197,10 +1197,11 @@ def test_interception_ipv6(netns, tmp_path, dotproxy_bin, pki):
 
 
 def test_rolling_update_keeps_the_node_setup(netns, tmp_path, dotproxy_bin, pki):
-    """A rolling update on one node: the new pod's containers start beside the old one's (the
-    --http port apart, see test_surge_pod_with_the_manifest_args); the old pod stops; its
+    """A rolling update on one node (maxSurge 1): the new pod's containers start beside the
+    old one's with exactly the same args (port 53 and the --http port shared: --reuseport;
+    the shared /ready answers for the newest); once it is ready the old pod stops; its
     sidecar sees the new dotproxy and leaves the interface and the rules; the pod's queries
-    are answered by dotproxy all along."""
+    are answered by dotproxy all along, then by the new one alone, which is ready."""
     need("nft", "dnsmasq")
     docs = load_docs(shipped())
     pod = Pod(docs, tmp_path, services={"KUBE_DNS_UPSTREAM_SERVICE_HOST": UPSTREAM_SVC_IP})
@@ -1218,9 +1219,9 @@ def test_rolling_update_keeps_the_node_setup(netns, tmp_path, dotproxy_bin, pki)
     node.run(pod.argv("setup"), env=agent_env(pod, "setup", tmp_path))
     agent_b = node.popen(pod.argv("node-agent"), str(tmp_path / "agent-b.log"),
                          env=agent_env(pod, "node-agent", tmp_path))
-    argv_b = [x if x != "127.0.0.1@9253" else "127.0.0.1@9254" for x in argv]
-    b = node.popen(argv_b, str(tmp_path / "b.log"), env=env)
-    assert wait_ready(node, 9254), log_of(b)
+    b = node.popen(argv, str(tmp_path / "b.log"), env=env)
+    assert wait_for(lambda: "ready:" in log_of(b) or b.poll() is not None, 10), log_of(b)
+    assert b.poll() is None and wait_ready(node), log_of(b)
     stop_a = threading.Thread(target=lambda: (stop(a), stop(agent_a)))
     stop_a.start()
     answered = 0
@@ -1232,35 +1233,9 @@ def test_rolling_update_keeps_the_node_setup(netns, tmp_path, dotproxy_bin, pki)
     assert a.returncode == 0 and agent_a.returncode == 0
     assert answered > 10
     assert "leaving dotproxy to it" in log_of(agent_a), log_of(agent_a)
+    assert wait_ready(node), log_of(b)      # the new one alone
     assert Cluster.answers(cl.pod, KUBE_DNS_IP, "example.test") == EXAMPLE
     assert node.run(["ip", "link", "show", "dotproxy"], check=False).returncode == 0
     quick_stop(b)
     stop(agent_b)
     assert node.run(["ip", "link", "show", "dotproxy"], check=False).returncode != 0
-
-
-# ================================================================ rolling update
-
-@pytest.mark.xfail(strict=True, reason="dotproxy 0.1.0: --http is not bound with SO_REUSEPORT,"
-                   " so the surge pod's dotproxy exits ('cannot serve --http ... Address in "
-                   "use') and a rolling update stalls at the first node (engine change needed; "
-                   "README, Kubernetes, Upgrade)")
-def test_surge_pod_with_the_manifest_args(netns, tmp_path, dotproxy_bin, pki):
-    """A rolling update with maxSurge 1 runs the new pod's dotproxy with exactly the same args
-    beside the old one on the same node: it must start, and once the old one is stopped,
-    answer and be ready on its own."""
-    docs = load_docs(shipped())
-    pod = Pod(docs, tmp_path, services={"KUBE_DNS_UPSTREAM_SERVICE_HOST": UPSTREAM_SVC_IP})
-    ns = netns("node")
-    ns.run(pod.argv("setup"), env=agent_env(pod, "setup", tmp_path))
-    ns_unbound(ns, pki, tmp_path)
-    argv, env = dotproxy_cmd(pod, dotproxy_bin, pki)
-    a = ns.popen(argv, str(tmp_path / "a.log"), env=env)
-    assert wait_ready(ns), log_of(a)
-    b = ns.popen(argv, str(tmp_path / "b.log"), env=env)
-    time.sleep(1.0)
-    assert b.poll() is None, log_of(b)
-    assert stop(a) == 0, log_of(a)
-    assert wait_ready(ns), log_of(b)
-    assert Cluster.answers(ns, KUBE_DNS_IP, "example.test") == EXAMPLE
-    quick_stop(b)
