@@ -180,11 +180,21 @@ def test_render_rejects(opts):
     assert r.returncode == 2 and r.stdout == "" and "render.sh" in r.stderr, (opts, r)
 
 
-def test_render_help():
+def test_render_help_and_docs():
+    """render.sh --help names every option, and so does kubernetes/README.md; render.sh
+    takes no option that they do not name."""
     r = subprocess.run(["sh", RENDER_SH, "--help"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0
-    for o in list(VALUES) + FLAGS:
-        assert o in r.stdout, o
+    with open(os.path.join(K8S, "README.md")) as f:
+        docs = f.read()
+    opts = set(list(VALUES) + FLAGS)
+    with open(RENDER_SH) as f:
+        code = f.read()
+    taken = set(re.findall(r"^\t(--[a-z-]+(?: \| --[a-z-]+)*)\)", code, re.M))
+    taken = {o for alt in taken for o in alt.split(" | ")}
+    assert taken == opts, taken
+    for o in opts:
+        assert o in r.stdout and o in docs, o
 
 
 # ---------------------------------------------------------------- schema
