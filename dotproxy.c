@@ -5706,7 +5706,8 @@ query_answer_followers(int leader, const unsigned char *msg, size_t len,
 /*
  * An answer from an upstream or a zone server for a pending query (its
  * ID and question checked): prepared once, cached, then sent to it, its
- * followers and its twin's, each as it asked. It is prepared in a buffer
+ * followers and its twin's, each as it asked (an error while the twin is
+ * still out goes nowhere: the twin may answer). It is prepared in a buffer
  * of its own: the upstream's stream buffer holds the next answers right
  * after it, and an answer without an OPT gets one (a few hundred bytes
  * copied; no system call).
@@ -5718,9 +5719,18 @@ query_deliver(int slot, const unsigned char *answer, size_t len)
 	struct pending_query *p = &g.pending[slot];
 	struct dns_summary s;
 	uint32_t ttl;
-	int twin = p->twin;
+	int twin = p->twin, rcode = answer[3] & 0x0F;
 
 	query_detach(slot);
+	/* An error is no answer while the twin may still bring one: an
+	 * upstream that fails fast (REFUSED to us, a broken resolver) must
+	 * not beat a slow good answer from the other. */
+	if (twin >= 0 && (rcode == DNS_RCODE_SERVFAIL || rcode ==
+	    DNS_RCODE_REFUSED || rcode == DNS_RCODE_NOTIMP || rcode ==
+	    DNS_RCODE_FORMERR)) {
+		query_drop(slot);
+		return;
+	}
 	memcpy(msg, answer, len);
 	len = dns_prepare_answer(msg, len, MSG_MAX_BYTES, p->qi.qend,
 	    g.cache.min_ttl_s, g.cache.max_ttl_s, &ttl, &s);

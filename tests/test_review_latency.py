@@ -18,10 +18,13 @@ import time
 import pytest
 
 import helpers
-from helpers import wait_until
+from helpers import fake_addr_for, wait_until
 from scriptdot import TC, Wire, a_of, query_wire, reply, rr, txt_of
 from slowdot import slow_dot  # noqa: F401 - a fixture
-from test_latency import EDE_STALE, ask, asker, edes, start, ttls  # noqa: F401 - asker: a fixture
+from test_latency import (EDE_STALE, NOERROR, SERVFAIL, WARM, ask, ask_while_busy,  # noqa: F401
+                          asker, background, delays, edes, start, ttls, warm)
+
+REFUSED = 5
 
 
 def need_netns():
@@ -265,3 +268,33 @@ def test_stale_answers_keep_each_clients_size_id_and_spelling(proxies, slow_dot,
             assert sorted(s for x in r.answer for s in txt_of(x)) == \
                 [c * 200 for c in "abc"], it
             assert (EDE_STALE in [c for c, _ in edes(r)]) == (q.opt is not None), it
+
+
+# ================================================================ hedge: an error is no answer
+#
+# query_deliver() took the first answer of a twin pair whatever it said: a second
+# upstream that answers SERVFAIL or REFUSED at once (a resolver whose ACL leaves us
+# out, one whose DNSSEC validation fails, a broken one) won every hedge race, and a
+# query that the first upstream was about to answer (slowly, rightly) got that error.
+# Hedging must never make an answer worse than not hedging: an error from one half
+# of a twin pair, while the other half is still out, is dropped; the client gets the
+# other's answer (or, when it has none either, the error).
+
+@pytest.mark.parametrize("rcode", [SERVFAIL, REFUSED], ids=["servfail", "refused"])
+def test_hedge_error_does_not_beat_the_slow_good_answer(proxies, slow_dot, background,
+                                                        rcode):
+    """Two upstreams: the first answers everything at once but one name, which takes
+    it 1.2 s; the second answers every query with `rcode` at once.  The slow name is
+    hedged to the second upstream (counted), whose error comes first: the client must
+    still get the first upstream's answer (NOERROR, its address), not the error."""
+    name = "slow.err.test"
+    first = slow_dot(delay=delays({name: 1.2}))
+    second = slow_dot(answer=lambda wire, srv: reply(Wire(wire), rcode=rcode))
+    p = start(proxies, [first, second])
+    warm(p.port, WARM)
+    it, _ = ask_while_busy(p, name, background)
+    assert second.count(name + ".") == 1, "not hedged: %r" % second.names
+    assert it.reply is not None, it
+    assert it.reply.rcode == NOERROR and a_of(it.reply) == {fake_addr_for(name)}, (
+        "the hedge's fast %s beat the first upstream's answer: %r" % (rcode, it))
+    assert it.elapsed > 1.0, it
