@@ -985,7 +985,7 @@ def test_seccomp_integration_run(tmp_path, dotproxy_bin):
     assert r.returncode == 0, tail
     assert "SIGSYS" not in r.stdout
     m = re.search(r"(\d+) passed", r.stdout)
-    assert m and int(m.group(1)) >= 60, tail
+    assert m and int(m.group(1)) >= 80, tail
 
 
 # ---------------------------------------------------------------- IPv6 off, in a namespace
@@ -993,8 +993,11 @@ def test_seccomp_integration_run(tmp_path, dotproxy_bin):
 NETNS_SCRIPT = r"""
 set -e
 ip link set lo up
-sysctl -qw net.ipv6.conf.all.disable_ipv6=$1 net.ipv6.conf.default.disable_ipv6=$1 \
-	net.ipv6.conf.lo.disable_ipv6=$1
+# a kernel without IPv6 at all has no net.ipv6: IPv6 is off there anyway
+if [ -d /proc/sys/net/ipv6 ] || [ "$1" = 0 ]; then
+	sysctl -qw net.ipv6.conf.all.disable_ipv6=$1 net.ipv6.conf.default.disable_ipv6=$1 \
+		net.ipv6.conf.lo.disable_ipv6=$1
+fi
 shift
 "$@"
 """
@@ -1012,6 +1015,8 @@ def test_ipv6_off_namespace(tmp_path, dotproxy_bin, ipv6_off):
     no ::1), the init script's default config leaves ::1 out and the generated command
     starts and answers (--probe: localhost., answered by dotproxy itself; the upstream is a
     loopback port with nothing behind it). The control, IPv6 on: ::1 is in, and answers."""
+    if not ipv6_off and not os.path.isdir("/proc/sys/net/ipv6"):
+        pytest.skip("this kernel has no IPv6: the control cannot be run")
     conf = tmp_path / "dotproxy.config"
     conf.write_text("config dotproxy 'main'\n\toption port '5453'\n\tlist upstream "
                     "'127.0.0.1@1#dns.test'\n\toption syslog '0'\n")
