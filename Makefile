@@ -9,7 +9,7 @@
 #   make deps          install/check what building needs (.ci/deps.sh build)
 #   make clean         remove build outputs; keeps the fetched bearssl/ and musl (build/musl-*)
 #   make distclean     clean, and remove bearssl/ and build/ too
-#   bench chaos cross test-cross test-initramfs fuzz fuzz-build test-asan test-valgrind
+#   bench chaos cross test-cross test-initramfs test-image fuzz fuzz-build test-asan test-valgrind
 #
 # Variables (command line or environment)
 #   CC, CFLAGS, CPPFLAGS, LDFLAGS  target compiler and flags (default: musl-gcc, static, -Os)
@@ -89,7 +89,7 @@ say := @echo
 endif
 
 .PHONY: all run bearssl deps test check unit pytest bench chaos clean distclean FORCE \
-	cross test-cross test-initramfs cross-prepare clean-cross distclean-cross \
+	cross test-cross test-initramfs test-image cross-prepare clean-cross distclean-cross \
 	fuzz fuzz-build test-asan test-valgrind
 .DELETE_ON_ERROR:
 
@@ -240,6 +240,13 @@ test-initramfs:
 	@sh .ci/deps.sh initramfs
 	@$(MAKE) --no-print-directory DEPS_CHECKED=1 dotproxy
 	DOTPROXY=$(CURDIR)/dotproxy DOTPROXY_INITRAMFS=1 $(PYTHON) -m pytest -q tests/test_initramfs.py
+# make test-image: the Dockerfile built with buildah for linux/amd64, linux/arm64 and linux/arm/v7
+# (cross-compiled, never emulated), a manifest list of the three, checked offline
+# (tests/test_image.py; its cache is build/image/).
+test-image:
+	@sh .ci/deps.sh test
+	@sh .ci/deps.sh image
+	DOTPROXY_IMAGE=1 $(PYTHON) -m pytest -q tests/test_image.py
 
 # ---------------------------------------------------------------------------- fuzz, sanitizers
 # make fuzz            the libFuzzer harnesses tests/fuzz/fuzz_*.c (clang, ASan + UBSan, host BearSSL)

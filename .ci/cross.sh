@@ -2,8 +2,9 @@
 # .ci/cross.sh: the musl cross toolchains that make cross builds dotproxy-<ARCH> with.
 #
 # Usage:
-#   sh .ci/cross.sh source [ARCH...]   what building the toolchains of ARCH... needs: the cross
-#                                      packages (.ci/deps.sh cross) unless every one is built
+#   sh .ci/cross.sh source [ARCH...]   what building the toolchains of ARCH... needs: their cross
+#                                      packages (.ci/deps.sh cross ARCH...; all of them when no
+#                                      ARCH is given) unless every one is built
 #                                      already, and musl's source in $CROSS_DIR/musl-src
 #                                      (.ci/fetch.sh musl)
 #   sh .ci/cross.sh toolchain ARCH...  source, then for each ARCH: musl built with Debian's cross
@@ -69,7 +70,7 @@ source_() {
 		built "$a" || todo=1
 	done
 	if [ -n "$todo" ]; then
-		sh "$ci/deps.sh" cross
+		sh "$ci/deps.sh" cross "$@"
 	fi
 	if [ ! -f "$src/.source" ]; then
 		sh "$ci/fetch.sh" musl "$src"

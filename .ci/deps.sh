@@ -1,5 +1,5 @@
 #!/bin/sh
-# .ci/deps.sh build|test|cross|initramfs|chaos: install what building and testing dotproxy need.
+# .ci/deps.sh build|test|cross|initramfs|chaos|image: install what building and testing dotproxy need.
 #
 # Checks that what building (build) or building and testing (test) dotproxy needs is
 # installed. As root on a machine with apt-get, installs what is missing; otherwise prints
@@ -19,24 +19,43 @@
 #          and make test-asan, and valgrind (tests/test_valgrind.py).
 #   cross: (make cross, make test-cross) build's, plus Debian's cross compilers for aarch64,
 #          armhf, mips and mipsel, dpkg-dev (musl's source), qemu-user-static.
+#          "cross ARCH..." (what .ci/cross.sh asks for, and the Dockerfile for its one target):
+#          only the cross compilers of those ARCHes (.ci/cross.sh arches) and dpkg-dev, what
+#          building their musl needs; no qemu-user-static.
 #   chaos: (make chaos) Knot Resolver (knot-resolver), to run side by side with dotproxy and
 #          unbound; its service is kept from starting, as unbound's.
 #   initramfs: (make test-initramfs) a static busybox (busybox-static), qemu-system-x86_64
 #          (qemu-system-x86) and a Debian kernel with its modules (linux-image-cloud-amd64,
 #          unless /boot already has a vmlinuz whose /lib/modules tree exists).
+#   image: (make test-image) buildah and skopeo (the multi-architecture image and its manifest
+#          list), mmdebstrap (the build stage's Debian base, made from Debian's archive), file,
+#          qemu-user-static (the arm64 and arm/v7 binaries run).
 set -eu
 
 mode=${1:-build}
 case $mode in
-build | test | cross | initramfs | chaos) ;;
+build | test | cross | initramfs | chaos | image) ;;
 *)
-	echo "usage: $0 build|test|cross|initramfs|chaos" >&2
+	echo "usage: $0 build|test|cross|initramfs|chaos|image" >&2
 	exit 2
 	;;
 esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 missing=
+
+# The cross compilers (GNU triplets) that cross checks, and whether it wants qemu-user-static.
+cross_triplets="aarch64-linux-gnu arm-linux-gnueabihf mips-linux-gnu mipsel-linux-gnu"
+cross_qemu=1
+if [ "$mode" = cross ] && [ $# -gt 1 ]; then
+	shift
+	cross_triplets=
+	for a in "$@"; do
+		t=$(sh "$root/.ci/cross.sh" triplet "$a") || exit 2
+		cross_triplets="$cross_triplets $t"
+	done
+	cross_qemu=
+fi
 
 have() {
 	command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
@@ -109,14 +128,23 @@ check() {
 		need busybox-static have busybox
 	fi
 	if [ "$mode" = cross ]; then
-		for t in aarch64-linux-gnu arm-linux-gnueabihf mips-linux-gnu mipsel-linux-gnu; do
+		for t in $cross_triplets; do
 			need "gcc-$t" have "$t-gcc"
 		done
 		need dpkg-dev have dpkg-source
-		need qemu-user-static have qemu-mips-static
+		if [ -n "$cross_qemu" ]; then
+			need qemu-user-static have qemu-mips-static
+		fi
 	fi
 	if [ "$mode" = chaos ]; then
 		need knot-resolver have kresd
+	fi
+	if [ "$mode" = image ]; then
+		need buildah have buildah
+		need skopeo have skopeo
+		need mmdebstrap have mmdebstrap
+		need file have file
+		need qemu-user-static have qemu-aarch64-static
 	fi
 	if [ "$mode" = initramfs ]; then
 		need busybox-static busybox_static

@@ -8,7 +8,12 @@ What the image needs is proved in parts:
   lines copy, with its ARGs in the environment, produce a binary that serves DNS from an empty
   root as uid 65534 (the image's USER). The one difference: BearSSL comes from the local
   bearssl/ tree (BEARSSL_FROM=dir) instead of the release tarball, as this machine cannot reach
-  bearssl.org; .ci/fetch.sh refuses a tarball whose SHA-256 is not the pinned one (below).
+  bearssl.org; .ci/fetch.sh refuses a tarball whose SHA-256 is not the pinned one (below);
+- the multi-architecture logic: the build stage pinned to BUILDPLATFORM, and its RUN commands
+  run with stand-ins for dpkg, .ci/deps.sh and make: native make for the platform it runs on,
+  make cross for linux/arm64 (aarch64) and linux/arm/v7 (armhf), an error for any other.
+The real build for the three platforms with buildah, and their manifest list, is
+tests/test_image.py (make test-image, slow).
 """
 
 import fnmatch
@@ -189,7 +194,9 @@ def test_build_stage_verifies_bearssl_tarball():
 def test_fetch_refuses_a_tarball_with_another_checksum(tmp_path):
     """BEARSSL_TARBALL with the wrong content: no bearssl/, exit 1, and no fallback."""
     bad = tmp_path / "bearssl-0.6.tar.gz"
-    subprocess.run(["tar", "czf", str(bad), "-C", str(tmp_path), "."], check=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()  # not tmp_path itself: tar would read the archive it is writing
+    subprocess.run(["tar", "czf", str(bad), "-C", str(empty), "."], check=True)
     dest = tmp_path / "out" / "bearssl"
     env = dict(os.environ, BEARSSL_FROM="tarball", BEARSSL_TARBALL=str(bad),
                BEARSSL_URL="https://bearssl.invalid/x.tar.gz")
@@ -240,6 +247,133 @@ def test_dockerignore_keeps_what_the_build_copies():
     assert "bearssl-0.6.tar.gz" in map(concrete, build_copies())
     for p in ("bearssl/inc/bearssl.h", "dotproxy", ".git/config", "build/x", "dotproxy-mips"):
         assert not included(p), "%s would be sent to the Docker daemon" % p
+
+
+# ---------------------------------------------------------------- multi-architecture
+# The full build for linux/amd64, linux/arm64 and linux/arm/v7 with buildah, and the manifest
+# list of the three, is tests/test_image.py (make test-image). These are its fast parts: the
+# build stage's platform logic, run with stand-ins for dpkg, .ci/deps.sh and make.
+
+def test_build_stage_runs_on_the_build_platform():
+    """The build stage is pinned to BUILDPLATFORM (cross-compiling, never emulated); the final
+    stage is scratch for the target platform."""
+    st = stages()
+    assert re.fullmatch(r"--platform=\$(\{BUILDPLATFORM\}|BUILDPLATFORM) \S+ AS build",
+                        st[0][0][1]), st[0][0]
+    assert "--platform" not in st[-1][0][1], st[-1][0]
+    names = [a for i, a in build_stage() if i == "ARG"]
+    assert "TARGETPLATFORM" in names and "BUILDPLATFORM" in names, names
+
+
+def run_step(cmd, tmp_path, dpkg_arch, env_extra, stubs=()):
+    """Run one build-stage RUN command in tmp_path/src with a dpkg that says dpkg_arch and a
+    .ci/deps.sh (and the given stub commands) that only log their arguments."""
+    src = tmp_path / "src"
+    (src / ".ci").mkdir(parents=True, exist_ok=True)
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    log = tmp_path / "calls"
+    (bindir / "dpkg").write_text(
+        '#!/bin/sh\n[ "$1" = --print-architecture ] && echo %s\n' % dpkg_arch)
+    (src / ".ci" / "deps.sh").write_text('echo "deps.sh $*" >> %s\n' % shlex.quote(str(log)))
+    for name, body in stubs:
+        (bindir / name).write_text("#!/bin/sh\necho \"%s $*\" >> %s\n%s\n"
+                                   % (name, shlex.quote(str(log)), body))
+    for f in bindir.iterdir():
+        os.chmod(f, 0o755)
+    env = {"PATH": "%s:/usr/bin:/bin" % bindir}
+    env.update(env_extra)
+    r = subprocess.run(["sh", "-c", cmd], cwd=str(src), env=env, capture_output=True,
+                       text=True, timeout=30)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return r, src, calls
+
+
+def arch_step():
+    steps = [a for a in build_runs() if "TARGETPLATFORM" in a and ".arch" in a]
+    assert len(steps) == 1, build_runs()
+    return steps[0]
+
+
+@pytest.mark.parametrize("here,target,want", [
+    ("amd64", None, "native"),            # a builder without platforms: the plain build
+    ("amd64", "linux/amd64", "native"),
+    ("amd64", "linux/arm64", "aarch64"),
+    ("amd64", "linux/arm64/v8", "aarch64"),
+    ("amd64", "linux/arm/v7", "armhf"),
+    ("amd64", "linux/arm", "armhf"),
+    ("arm64", "linux/arm64", "native"),
+    ("arm64", "linux/arm/v7", "armhf"),
+    ("armhf", "linux/arm/v7", "native"),  # BUILDPLATFORM unset: the stage runs emulated
+])
+def test_build_stage_picks_native_or_cross(tmp_path, here, target, want):
+    env = {"TARGETPLATFORM": target} if target else {}
+    r, src, calls = run_step(arch_step(), tmp_path, here, env)
+    assert r.returncode == 0, r.stderr
+    assert (src / ".arch").read_text() == want + "\n"
+    if want == "native":
+        assert calls == [], calls
+    else:
+        # only the target's cross compiler, and an ARCH that .ci/cross.sh knows
+        assert calls == ["deps.sh cross %s" % want], calls
+        arches = subprocess.run(["sh", os.path.join(helpers.REPO, ".ci", "cross.sh"), "arches"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        assert want in arches, arches
+
+
+@pytest.mark.parametrize("here,target", [
+    ("amd64", "linux/arm/v6"),   # armhf is ARMv7: an ARMv6 board would get SIGILL
+    ("amd64", "linux/ppc64le"),
+    ("amd64", "linux/386"),
+    ("arm64", "linux/amd64"),    # no x86-64 musl cross toolchain in .ci/cross.sh
+])
+def test_build_stage_refuses_other_platforms(tmp_path, here, target):
+    r, src, calls = run_step(arch_step(), tmp_path, here, {"TARGETPLATFORM": target})
+    assert r.returncode != 0
+    assert "cannot build for %s" % target in r.stderr, r.stderr
+    assert not (src / ".arch").exists() and calls == []
+
+
+def test_build_stage_make_step(tmp_path):
+    """native: make (./dotproxy); a cross target: make cross for that ARCH only, its
+    dotproxy-<arch> copied to ./dotproxy, the path the final stage copies."""
+    steps = [a for a in build_runs() if "make" in a.split()]
+    assert len(steps) == 1, build_runs()
+    make = ('for a in "$@"; do case $a in CROSS_ARCHES=*) echo x > "dotproxy-${a#*=}" ;; '
+            'esac; done; [ "$1" = cross ] || [ "$2" = cross ] || echo x > dotproxy')
+    final_src = [shlex.split(a)[-2] for i, a in stages()[-1] if i == "COPY"]
+    assert final_src == ["/src/dotproxy"], final_src
+    for arch, want in (("native", None), ("aarch64", "aarch64"), ("armhf", "armhf")):
+        d = tmp_path / arch
+        d.mkdir()
+        (d / "src").mkdir()
+        (d / "src" / ".arch").write_text(arch + "\n")
+        r, src, calls = run_step(steps[0], d, "amd64", {}, stubs=[("make", make),
+                                                                 ("nproc", "echo 2")])
+        assert r.returncode == 0, r.stderr
+        makes = [c for c in calls if c.startswith("make ")]
+        if want is None:
+            assert makes == ["make -j2"], calls
+        else:
+            assert makes == ["make -j2 cross CROSS_ARCHES=%s" % want], calls
+        assert (src / "dotproxy").is_file()
+
+
+def test_deps_cross_refuses_an_unknown_arch():
+    """.ci/deps.sh cross ARCH... (the Dockerfile's one target): an ARCH .ci/cross.sh does not
+    know stops it before anything is installed."""
+    r = subprocess.run(["sh", os.path.join(helpers.REPO, ".ci", "deps.sh"), "cross", "sparc"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r
+    assert "unknown ARCH 'sparc'" in r.stderr, r.stderr
+
+
+def test_dockerignore_keeps_the_musl_tarball_and_cross_script():
+    copied = set(map(concrete, build_copies()))
+    assert {".ci/cross.sh", "musl-1.2.3.tar.gz", "bearssl-0.6.tar.gz"} <= copied, copied
+    assert "MUSL_TARBALL" in build_args()
+    gitignore = open(os.path.join(helpers.REPO, ".gitignore")).read().split()
+    assert "/musl-1.2.3.tar.gz" in gitignore and "/bearssl-0.6.tar.gz" in gitignore
 
 
 # ---------------------------------------------------------------- the build stage, run
