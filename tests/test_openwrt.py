@@ -835,6 +835,7 @@ def child_named(pid, name, timeout=10):
     raise AssertionError("no %s under %d" % (name, pid))
 
 
+@helpers.requires_static_binary
 def test_jail_empty_root_caps_seccomp(tmp_path, dotproxy_bin, unbound, pki):
     """The init script's command for a LAN listener on port 53 (a loopback address here),
     run as procd would run it in its jail: an empty read-only root holding the binary and
@@ -889,6 +890,7 @@ def test_jail_empty_root_caps_seccomp(tmp_path, dotproxy_bin, unbound, pki):
     assert rc == 0, p.stderr.read().decode()
 
 
+@helpers.requires_static_binary
 def test_jail_syslog_levels(tmp_path, dotproxy_bin):
     """syslog 1 (the default): the jail's one mount is /dev/log ('log'), and the lines
     reach it with their own levels (daemon.info <30>, daemon.warn <28>), as logd files
@@ -996,6 +998,7 @@ def test_syslog_reader_that_stops_reading_does_not_stop_dns(tmp_path, dotproxy_b
     assert results[False] == (40, 0), results
 
 
+@helpers.requires_static_binary
 def test_jail_without_the_capability_cannot_bind_53(tmp_path, dotproxy_bin):
     """The control: the same jail without CAP_NET_BIND_SERVICE fails to bind port 53."""
     need_root()
@@ -1008,6 +1011,7 @@ def test_jail_without_the_capability_cannot_bind_53(tmp_path, dotproxy_bin):
     assert "ermission denied" in r.stderr, r.stderr
 
 
+@helpers.requires_static_binary
 def test_seccomp_control_kills(tmp_path, dotproxy_bin):
     """The list is enforced: without 'bind' on it, dotproxy is killed by SIGSYS at its first
     bind (and with the whole list the same command answers --probe: the next test)."""
@@ -1017,6 +1021,7 @@ def test_seccomp_control_kills(tmp_path, dotproxy_bin):
     assert r.returncode == -signal.SIGSYS, (r.returncode, r.stderr)
 
 
+@helpers.requires_static_binary
 def test_seccomp_integration_run(tmp_path, dotproxy_bin):
     """Integration tests with every dotproxy under the seccomp list (tests/openwrt/
     dotproxy-seccomp as DOTPROXY): queries over UDP and TCP, the cache, serve-stale,
