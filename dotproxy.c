@@ -204,6 +204,8 @@
 					 * (a new instance takes over: --reuseport);
 					 * --lame-duck */
 #define CLIENT_IDLE_MS		10000	/* idle TCP client (RFC 7766 6.2.3) */
+#define LAME_DUCK_IDLE_MS	50	/* ... in the lame duck: its next query
+					 * goes to the other instance */
 #define CLIENT_FRAME_MS		5000	/* a started query must arrive whole
 					 * within this (slowloris) */
 #define BACKOFF_MIN_MS		500	/* after a failed connection ... */
@@ -492,6 +494,8 @@ struct listener {
 	int wildcard;			/* bound to 0.0.0.0 or ::: use PKTINFO */
 	int64_t accept_pause_ms;	/* TCP not watched before this: accept()
 					 * ran out of descriptors */
+	int steer_probing;		/* lame duck: our token not yet seen
+					 * here (start_steer_probe) */
 };
 
 /*
@@ -603,7 +607,6 @@ static struct proxy {
 	int steer_wait;			/* --reuseport beside another instance:
 					 * it keeps the queries until we are
 					 * ready (start_steer_all) */
-	int steer_probing;		/* lame duck: our token not yet seen */
 	unsigned char steer_token[16];	/* start_steer_probe's datagram */
 	sig_atomic_t drain_signals;	/* signals seen when the drain began */
 	int64_t drain_deadline_ms;
@@ -3262,6 +3265,7 @@ static int query_hedge(int slot);
 static void query_drop(int slot);
 static void zone_tcp_start(int slot, unsigned char *tc, size_t tclen);
 static void query_hedge_slow(int slot);
+static void start_steer(int fd, unsigned index);
 static void start_steer_all(unsigned index);
 static void start_steer_probe(void);
 static void query_probe(struct upstream *u);
@@ -3918,8 +3922,13 @@ upstream_detach(int slot)
 	int prev = -1, cur;
 
 	if (p->state == PENDING_SENT) {
-		if (--u->inflight == 0 && u->answered)
-			u->unanswered_ms = 0;	/* nothing waits on it */
+		/* its last query left it (a twin answered it, or it
+		 * timed out: upstream_expired judges that): no silence to
+		 * time (upstream_silent_at); alone or never answered, its
+		 * queries only time out, and the silence goes on */
+		if (--u->inflight == 0 && u->answered &&
+		    upstream_other_usable(u))
+			u->unanswered_ms = 0;
 		idmap_drop(&u->ids, p->up_id);
 		upstream_hedge_unwatch(u, slot);
 		return;
@@ -4371,14 +4380,16 @@ upstream_silent(struct upstream *u)
 	upstream_lost(u, what);
 }
 
-/* A query sent at sent_ms on u timed out: if u has answered nothing since
- * (and the query had its fair wait there: it may have come from another
- * upstream just before its deadline), the connection is silent. */
+/* A query sent at sent_ms on u timed out at deadline_ms: if u has
+ * answered nothing since (and the query had its fair wait there: it may
+ * have come from another upstream, or out of a slow handshake, just
+ * before its deadline), the connection is silent. The wait it was given,
+ * not the time the loop came round to it: a busy machine is no silence. */
 static void
-upstream_expired(struct upstream *u, int64_t sent_ms)
+upstream_expired(struct upstream *u, int64_t sent_ms, int64_t deadline_ms)
 {
 	if (u->state == UPSTREAM_READY && u->answer_ms < sent_ms &&
-	    g.now_ms - sent_ms >= upstream_stall_ms(u) && !g.draining)
+	    deadline_ms - sent_ms >= upstream_stall_ms(u) && !g.draining)
 		upstream_silent(u);
 }
 
@@ -4767,19 +4778,30 @@ upstream_on_readable(struct upstream *u)
 }
 
 
+/*
+ * When a suspect connection is lost for silence: a whole --timeout after
+ * the first query it has not answered; or INT64_MAX. Not when that query
+ * and every later one were answered by their twins on another upstream
+ * (its in-flight count went to 0 with one usable): it stays suspect (new
+ * queries go elsewhere) until it answers or closes idle, since a client
+ * can make one name slow at will (no warning, no failover for that). A
+ * new connection that has answered nothing, and a lone upstream (its
+ * queries only time out), are lost all the same (upstream_lost).
+ */
+static int64_t
+upstream_silent_at(const struct upstream *u)
+{
+	if (!u->suspect || u->unanswered_ms == 0)
+		return INT64_MAX;
+	return u->unanswered_ms + g.query_timeout_ms;
+}
+
 /* upstream_timers of a READY connection: silence, suspicion, hedges,
  * the idle close and the renewal of the ID space. */
 static void
 upstream_ready_timers(struct upstream *u)
 {
-	/* Lost only with queries in flight, once it has answered:
-	 * when their twins have answered, it stays suspect (new
-	 * queries go elsewhere) until it answers or its idle close (a
-	 * client can make one name slow at will: no warning, no
-	 * failover for that). A new connection that has answered
-	 * nothing in a whole --timeout has failed (upstream_lost). */
-	if (u->suspect && (u->inflight > 0 || !u->answered) &&
-	    g.now_ms - u->unanswered_ms >= g.query_timeout_ms) {
+	if (g.now_ms >= upstream_silent_at(u)) {
 		upstream_silent(u);
 		return;
 	}
@@ -4854,9 +4876,9 @@ upstream_next_deadline(const struct upstream *u)
 	case UPSTREAM_CLOSING:
 		return u->deadline_ms;
 	case UPSTREAM_READY:		/* as upstream_timers acts */
-		if (u->inflight > 0 || (u->suspect && !u->answered)) {
+		if (u->inflight > 0 || upstream_silent_at(u) != INT64_MAX) {
 			/* and the queries' own deadlines */
-			d = u->suspect ? u->unanswered_ms + g.query_timeout_ms :
+			d = u->suspect ? upstream_silent_at(u) :
 			    u->unanswered_ms == 0 ? INT64_MAX :
 			    u->unanswered_ms + upstream_stall_ms(u);
 			return d < h ? d : h;
@@ -5210,17 +5232,23 @@ client_want(struct client_conn *c, fd_set *rd, fd_set *wr, int *maxfd)
 		*maxfd = c->fd;
 }
 
-/* Returns 1 if a client is to be closed in the lame duck: answered,
- * with nothing in flight, nothing to send, no query begun (a connection
- * not yet answered is waited for: its query is on the way). Its next
- * connection goes to the instance the listener's group is steered to
- * (RFC 7766 6.2.3 lets a server close idle connections; clients connect
- * again). */
+/* Returns 1 if a client is to be closed because we are stopping: in
+ * the lame duck, once answered, with nothing in flight, nothing to send
+ * and no query begun for LAME_DUCK_IDLE_MS (a pipelined query may be on
+ * the way; a connection not yet answered is waited for), so that its
+ * next connection goes to the instance the listener's group is steered
+ * to; in the drain (nothing is read any more) as soon as it is idle.
+ * RFC 7766 6.2.3 lets a server close idle connections; clients connect
+ * again. */
 static int
-client_lame_duck_close(const struct client_conn *c)
+client_stop_close(const struct client_conn *c)
 {
-	return g.lame_duck && g.reuseport && c->answered &&
-	    client_is_idle(c) && c->in_len == 0;
+	if (!client_is_idle(c))
+		return 0;
+	if (g.draining)
+		return 1;
+	return g.lame_duck && g.reuseport && c->answered && c->in_len == 0 &&
+	    g.now_ms - c->last_active_ms >= LAME_DUCK_IDLE_MS;
 }
 
 /* Closes a connection idle for CLIENT_IDLE_MS, or one whose answers have
@@ -5233,8 +5261,8 @@ client_timers(struct client_conn *c)
 {
 	if (c->state == CLIENT_FREE)
 		return;
-	if (client_lame_duck_close(c)) {
-		log_debug("TCP client idle in the lame duck: closed");
+	if (client_stop_close(c)) {
+		log_debug("TCP client idle while stopping: closed");
 		client_close(c);
 		return;
 	}
@@ -5264,8 +5292,11 @@ client_next_deadline(const struct client_conn *c)
 
 	if (c->state == CLIENT_FREE)
 		return d;
-	if (client_lame_duck_close(c))
+	if (client_stop_close(c))
 		return g.now_ms;
+	if (g.lame_duck && g.reuseport && c->answered && client_is_idle(c) &&
+	    c->in_len == 0)
+		return c->last_active_ms + LAME_DUCK_IDLE_MS;
 	if (c->in_len > 0 && c->inflight < MAX_INFLIGHT_PER_CLIENT &&
 	    !client_has_frame(c))
 		d = c->frame_start_ms + CLIENT_FRAME_MS;
@@ -5481,12 +5512,13 @@ udp_on_readable(size_t li)
 		struct msghdr *mh = &udp_rx.hdr[i].msg_hdr;
 		struct origin from;
 
-		if (g.steer_probing && udp_rx.hdr[i].msg_len ==
+		if (l->steer_probing && udp_rx.hdr[i].msg_len ==
 		    sizeof g.steer_token && memcmp(udp_rx.buf[i],
 		    g.steer_token, sizeof g.steer_token) == 0) {
 			/* our own token: we are index 0 (start_steer_probe) */
-			g.steer_probing = 0;
-			start_steer_all(1);
+			l->steer_probing = 0;
+			start_steer(l->udp_fd, 1);
+			start_steer(l->tcp_fd, 1);
 			continue;
 		}
 		memset(&from, 0, sizeof from);
@@ -5888,7 +5920,7 @@ query_expire(int slot)
 	enum route_kind route = (enum route_kind)p->route;
 	size_t idx = p->route_idx;
 	int sent = p->state == PENDING_SENT;
-	int64_t sent_ms = p->sent_ms;
+	int64_t sent_ms = p->sent_ms, deadline_ms = p->deadline_ms;
 
 	if (p->state == PENDING_FOLLOWING)
 		query_unfollow(slot);
@@ -5902,7 +5934,7 @@ query_expire(int slot)
 	query_fail(slot, DNS_RCODE_SERVFAIL);
 	/* What a timeout tells the route it was on. */
 	if (route == ROUTE_UPSTREAM && sent)
-		upstream_expired(&g.upstreams[idx], sent_ms);
+		upstream_expired(&g.upstreams[idx], sent_ms, deadline_ms);
 	else if (route == ROUTE_ZONE)
 		zone_error(&g.zones[idx], "no answer in time", ETIMEDOUT);
 }
@@ -6475,6 +6507,10 @@ observe_ready(char *why, size_t cap)
 		struct upstream *u = &g.upstreams[i];
 
 		if (u->failing) {
+			/* its back-off over and no client query to try it:
+			 * the check itself does (an idle node's rollout) */
+			if (u->state == UPSTREAM_DISCONNECTED)
+				query_probe(u);
 			util_fmt(why, cap, "upstream %s: %s", u->label, u->why);
 			return 0;
 		}
@@ -6733,23 +6769,28 @@ observe_log_stats(void)
 /* ==== loop: fd sets, select(), dispatch, timers ======================= */
 
 /* --reuseport beside another instance (start_steer_all): our own
- * upstream is tried at once (nothing else would connect it), and once
- * one is verified the queries come here. */
+ * upstreams are probed at once (no client query comes to connect them;
+ * each again after its back-off), and once one has answered, the
+ * queries come here (a handshake alone is no answer). */
 static void
 loop_steer_when_ready(void)
 {
 	size_t i;
 
-	for (i = 0; i < g.n_upstreams; i++)
-		if (observe_upstream_up(&g.upstreams[i])) {
+	for (i = 0; i < g.n_upstreams; i++) {
+		struct upstream *u = &g.upstreams[i];
+
+		if (u->answered && !u->failing) {
 			g.steer_wait = 0;
 			start_steer_all(1);
-			log_info("upstream %s verified: taking the queries from "
-			    "the other instance", g.upstreams[i].label);
+			log_info("upstream %s answers: taking the queries from "
+			    "the other instance", u->label);
 			return;
 		}
-	if (g.upstreams[0].state == UPSTREAM_DISCONNECTED)
-		query_probe(&g.upstreams[0]);
+	}
+	for (i = 0; i < g.n_upstreams; i++)
+		if (g.upstreams[i].state == UPSTREAM_DISCONNECTED)
+			query_probe(&g.upstreams[i]);
 }
 
 /* Expires queries (SERVFAIL at the query timeout), then the timers of
@@ -6860,15 +6901,14 @@ loop_dispatch(fd_set *rd, fd_set *wr)
  * SIGTERM/SIGINT with --lame-duck: for that long, answer as usual while
  * /ready says 503 (a load balancer or kubelet takes the instance out),
  * and steer new datagrams and connections to another --reuseport
- * instance on the same addresses, if there is one (start_steer_away),
- * so that nothing is left in this one's queues when it closes them. A
- * second signal ends it early.
+ * instance on the same addresses, if there is one (start_steer_all,
+ * start_steer_probe), and close TCP clients once answered and idle
+ * (client_stop_close), so that nothing is left in this one's queues when
+ * it closes them. A second signal ends it early.
  */
 static void
 loop_begin_lame_duck(void)
 {
-	size_t i;
-
 	g.lame_duck = 1;
 	g.lame_duck_end_ms = g.now_ms + g.lame_duck_ms;
 	util_notify("STOPPING=1\nSTATUS=lame duck: answering for %u ms",
@@ -6878,10 +6918,6 @@ loop_begin_lame_duck(void)
 		start_steer_all(0);
 		start_steer_probe();
 	}
-	for (i = 0; i < MAX_TCP_CLIENTS; i++)	/* the rest when idle */
-		if (g.clients[i].state != CLIENT_FREE &&
-		    client_lame_duck_close(&g.clients[i]))
-			client_close(&g.clients[i]);
 	log_info("stopping on signal %d: answering for %u ms more (lame "
 	    "duck), then draining", (int)g_stop_signal, g.lame_duck_ms);
 }
@@ -8155,31 +8191,37 @@ start_steer_all(unsigned index)
 	}
 }
 
-/* Sends the first UDP listener a random token (not a DNS query: QR is
- * set, so no instance answers it); udp_on_readable looks for it. The
- * group is steered to index 0 already. */
+/* Sends every UDP listener a random token (not a DNS query: QR is set,
+ * so no instance answers it); udp_on_readable looks for it, and steers
+ * that listener's groups to index 1 where it comes back (each group has
+ * its own order). The groups are steered to index 0 already. */
 static void
 start_steer_probe(void)
 {
-	const struct listener *l = &g.listeners[0];
-	union sockaddr_u to;
-	int fd;
+	size_t i;
 
-	if (g.n_listeners == 0 || l->udp_fd < 0 ||
-	    util_random(g.steer_token, sizeof g.steer_token) < 0)
+	if (util_random(g.steer_token, sizeof g.steer_token) < 0)
 		return;
 	g.steer_token[2] |= DNS_FLAG_QR;
-	to = l->addr;
-	if (l->wildcard && to.sa.sa_family == AF_INET)
-		to.sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	else if (l->wildcard)
-		to.sin6.sin6_addr = in6addr_loopback;
-	fd = socket(to.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return;
-	g.steer_probing = sendto(fd, g.steer_token, sizeof g.steer_token, 0,
-	    &to.sa, l->addrlen) == (ssize_t)sizeof g.steer_token;
-	close(fd);
+	for (i = 0; i < g.n_listeners; i++) {
+		struct listener *l = &g.listeners[i];
+		union sockaddr_u to = l->addr;
+		int fd;
+
+		if (l->udp_fd < 0)
+			continue;
+		if (l->wildcard && to.sa.sa_family == AF_INET)
+			to.sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		else if (l->wildcard)
+			to.sin6.sin6_addr = in6addr_loopback;
+		fd = socket(to.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			continue;
+		l->steer_probing = sendto(fd, g.steer_token,
+		    sizeof g.steer_token, 0, &to.sa, l->addrlen) ==
+		    (ssize_t)sizeof g.steer_token;
+		close(fd);
+	}
 }
 
 /* --http: opens its listener (PORT alone means 127.0.0.1@PORT). */
@@ -8508,7 +8550,7 @@ start_up(const struct start_opts *o)
 	if (g.steer_wait)
 		log_info("another instance listens on these addresses "
 		    "(--reuseport): it takes the queries until an upstream "
-		    "answers here");
+		    "answers this one");
 	if (o->http_spec != NULL)
 		start_http(o->http_spec);
 	if (g.n_allow == 0)

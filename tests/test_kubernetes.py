@@ -913,10 +913,6 @@ def test_probes_by_a_kubelet_like_prober(netns, tmp_path, dotproxy_bin, pki):
     quick_stop(p)
 
 
-@pytest.mark.xfail(strict=True, reason="dotproxy 0.1.0: /ready probes the preferred upstream "
-                   "only before its first failure; after one, nothing but a client query (or "
-                   "SIGHUP) tries it again, so a pod that started while its upstream was down "
-                   "stays unready with no traffic (engine change needed)")
 def test_readiness_recovers_without_traffic(netns, tmp_path, dotproxy_bin, pki):
     """The kubelet's readiness probe alone (no client query) must see dotproxy ready once its
     upstream, down when it started, is reachable (after the back-off)."""
