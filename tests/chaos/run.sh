@@ -128,7 +128,7 @@ say "ports $base..$((base + need - 1)), work directory $work, seed $seed"
 cc=${HOSTCC:-cc}
 $cc -O2 -o "$work/relay" "$here/relay.c" || die "cannot compile tests/chaos/relay.c"
 $cc -O2 -o "$work/load" "$here/load.c" || die "cannot compile tests/chaos/load.c"
-$cc -O2 -o "$work/dnsq" "$bench/dnsq.c" || die "cannot compile bench/dnsq.c"
+$cc -O2 -o "$work/dnsq" "$bench/dnsq.c" -lm || die "cannot compile bench/dnsq.c"
 
 # ---------------------------------------------------------------------------- upstream
 sh "$bench/pki.sh" "$work/pki" dns.test || die "pki.sh failed"
