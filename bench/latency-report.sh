@@ -22,6 +22,7 @@ function label(s) {
 	return s == "dp" ? "**dotproxy**" : s == "dp_nocoal" ? "dotproxy `--no-coalesce`" : \
 	       s == "dp_nopf" ? "dotproxy `--prefetch 0`" : s == "dp_nohedge" ? "dotproxy `--hedge-percent 0`" : \
 	       s == "dp_cache" ? "dotproxy, default `--cache-size` (256k)" : \
+	       s ~ /^dp_pf[0-9]+$/ ? "dotproxy `--prefetch " substr(s, 6) "`" : \
 	       s == "unbound" ? "unbound (forward-tls-upstream, prefetch)" : s == "kresd" ? "Knot Resolver (kresd, predict)" : s
 }
 # latency "x ms" as a number for comparisons: a lost query (-1) is slower than anything
@@ -47,6 +48,7 @@ END {
 	print "- dotproxy: " M["version_dp"]
 	for (i = 1; i <= ns; i++) print "- " P[i] ": " M["version_" P[i]]
 	if (M["skipped"] != "") print "- not installed, so not measured:" M["skipped"]
+	if ("env" in M) print "- command: `make bench`, or `sh bench/latency.sh` alone; settings: " (M["env"] == "" ? "all defaults" : "defaults but `" M["env"] "`")
 	print ""
 
 	if (has["herd", "dp"]) {
@@ -107,9 +109,9 @@ END {
 		print ""
 		print "| server | hit rate: < " M["z_delay"] " ms (< " M["z_delay"] / 2 " ms) | upstream queries per client query | p50 ms | p99 ms | p99.9 ms | max ms | ok / SERVFAIL / lost | p99 / p99.9 of the answered ms | dotproxy: prefetches, evictions | unbound\047s own count |"
 		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-		split("dp dp_nopf dp_cache", D, " ")
-		for (i = 1; i <= 3 + ns; i++) {
-			s = i <= 3 ? D[i] : P[i - 3]
+		nd = split("dp dp_nopf dp_cache" M["z_pfrows"], D, " ")
+		for (i = 1; i <= nd + ns; i++) {
+			s = i <= nd ? D[i] : P[i - nd]
 			if (!has["zipf", s]) continue
 			n = v("zipf", s, "sent") + 0
 			printf "| %s | %s (%s) | %.3f | %s | %s | %s | %s | %s | %s / %s | %s | %d |\n", label(s), pctf(v("zipf", s, "fast") / n), \

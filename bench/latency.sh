@@ -15,6 +15,7 @@
 #   BENCH_HERD_GAP_MS=300
 #   BENCH_ZIPF_NAMES=10000  BENCH_ZIPF_S=1  BENCH_ZIPF_QPS=1000  BENCH_ZIPF_SECONDS=120
 #   BENCH_ZIPF_DELAY_MS=20  BENCH_ZIPF_CACHE=4m
+#   BENCH_ZIPF_PREFETCH_ROWS='25 50'   more Zipf rows: dotproxy with --prefetch N (default none)
 #   BENCH_TAIL_QPS=1000  BENCH_TAIL_SECONDS=30  BENCH_TAIL_PCT=2  BENCH_TAIL_MIN_MS=500
 #   BENCH_TAIL_MAX_MS=2000
 #   BENCH_LAT_WORKLOADS='herd zipf tail'   which ones to run
@@ -42,6 +43,11 @@ z_qps=${BENCH_ZIPF_QPS:-1000}
 z_secs=${BENCH_ZIPF_SECONDS:-120}
 z_delay=${BENCH_ZIPF_DELAY_MS:-20}
 z_cache=${BENCH_ZIPF_CACHE:-4m}
+pfrows=""
+for n in ${BENCH_ZIPF_PREFETCH_ROWS:-}; do
+	case $n in *[!0-9]* | "") echo "latency: BENCH_ZIPF_PREFETCH_ROWS: not a number: $n" >&2; exit 2 ;; esac
+	pfrows="$pfrows dp_pf$n"
+done
 t_qps=${BENCH_TAIL_QPS:-1000}
 t_secs=${BENCH_TAIL_SECONDS:-30}
 t_pct=${BENCH_TAIL_PCT:-2}
@@ -194,6 +200,7 @@ start() {
 		dp_nocoal) set -- "$@" --no-coalesce ;;
 		dp_nopf) set -- "$@" --prefetch 0 ;;
 		dp_nohedge) set -- "$@" --hedge-percent 0 ;;
+		dp_pf*) set -- "$@" --prefetch "${row#dp_pf}" ;;
 		esac
 		echo "$top/dotproxy $*" > "$d/cmdline"
 		"$top/dotproxy" "$@" > "$d/server.log" 2>&1 &
@@ -232,7 +239,7 @@ dp_stats() {
 label_rows() {  # the rows of one workload: dotproxy, its feature off, (default cache), peers
 	case $1 in
 	herd) echo "dp dp_nocoal$servers" ;;
-	zipf) echo "dp dp_nopf dp_cache$servers" ;;
+	zipf) echo "dp dp_nopf dp_cache$pfrows$servers" ;;
 	tail) echo "dp dp_nohedge$servers" ;;
 	esac
 }
@@ -336,10 +343,12 @@ ver() {
 	echo "h_clients=$h_clients"; echo "h_bursts=$h_bursts"; echo "h_delay=$h_delay"
 	echo "h_spread=$h_spread"; echo "h_gap=$h_gap"
 	echo "z_names=$z_names"; echo "z_s=$z_s"; echo "z_qps=$z_qps"; echo "z_secs=$z_secs"
-	echo "z_delay=$z_delay"; echo "z_cache=$z_cache"
+	echo "z_delay=$z_delay"; echo "z_cache=$z_cache"; echo "z_pfrows=$pfrows"
 	echo "t_qps=$t_qps"; echo "t_secs=$t_secs"; echo "t_pct=$t_pct"; echo "t_min=$t_min"; echo "t_max=$t_max"
 	echo "seed=$seed"
 	echo "workloads=$workloads"
+	# the settings changed from the defaults (BENCH_LAT_OUT only says where the section goes)
+	echo "env=$(env | grep -E '^BENCH_(HERD|ZIPF|TAIL|LAT)_' | grep -v '^BENCH_LAT_OUT=' | sort | tr '\n' ' ' | sed 's/ $//')"
 } > "$work/meta"
 sh "$here/latency-report.sh" "$work/meta" "$res" > "$work/latency.md" || die "latency-report.sh failed"
 if [ -n "$out" ]; then
