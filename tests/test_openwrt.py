@@ -942,10 +942,6 @@ def test_jail_syslog_levels(tmp_path, dotproxy_bin):
     assert any(g.startswith("<28>dotproxy: warn: ") for g in got), got
 
 
-@pytest.mark.xfail(strict=True, reason="dotproxy.c bug, reported to the lead: the --syslog "
-                   "socket is blocking, so a log daemon that stops reading (unix datagram "
-                   "queue, net.unix.max_dgram_qlen 10) blocks the event loop in send(): no "
-                   "answers, SIGTERM ignored")
 def test_syslog_reader_that_stops_reading_does_not_stop_dns(tmp_path, dotproxy_bin):
     """syslog 1 is the package default, and logd can stall or restart: dotproxy must go on
     answering (dropping log lines, or falling back) and stop on SIGTERM. The control, with a
