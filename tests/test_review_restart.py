@@ -4,9 +4,20 @@ duck, the shared --http port) and cbfbc0f (availability: a lost connection of an
 that answered before, with another usable, is failed over and probed; a suspect connection
 with nothing in flight stays suspect until it answers or closes idle).
 
-Each test asserts what the contract (README, the commits' own words) promises: a test
-marked xfail(strict) is an open finding (its reason says what breaks, where, and the fix
-proposed); the others are attacks and faults that held, kept as guards.
+Each test asserts what the contract (README, the commits' own words) promises.  Open
+findings are xfail(strict), their reason saying what breaks, where, and the fix proposed:
+
+  test_next_restart_during_the_lame_duck_loses_nothing      three instances: datagrams
+      steered to an instance in its drain are lost
+  test_name_no_resolver_answers_is_no_evidence_against_either   one slow name on a quiet
+      network fails both upstreams (warn lines, back-off of the second)
+  test_late_answers_do_not_stop_the_stall_clock              stale late answers reset the
+      stall clock of queries in flight: SERVFAIL while the second upstream is healthy
+
+Found here and fixed in e835c41 (now guards): a new instance whose first upstream is down
+never got ready; a new instance took the queries on a handshake, not an answer; one token
+for all listeners; the lame duck closed a pipelining TCP client at once.  The rest are
+attacks and faults that held.
 
 Restart tests run in a private network namespace as tests/test_restart.py does (its
 helpers: Netns, start_proxy, Load, ...); availability tests on 127.0.0.1 with scripted DoT
@@ -16,8 +27,6 @@ upstreams (tests/slowdot.py).  Nothing leaves the machine.
 import os
 import signal
 import socket
-import struct
-import subprocess
 import threading
 import time
 
@@ -26,7 +35,7 @@ import dns.rcode
 import pytest
 
 import helpers
-from helpers import a_addrs, fake_addr_for, make_query, query_udp, wait_until
+from helpers import a_addrs, fake_addr_for, make_query, query_udp
 from slowdot import SlowDoT, slow_dot  # noqa: F401  (slow_dot: a fixture)
 from test_restart import (DNS, EXAMPLE, HTTP_A, HTTP_B, Load, log_of, ns,  # noqa: F401
                           proxy_argv, start_proxy, status, stop, tcp_count, udp_count,
@@ -52,19 +61,12 @@ def no_loss(load):
 
 # ================================================================ restarts (a65edd0)
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a65edd0: a new --reuseport instance (g.steer_wait) gets no client query, and "
-    "loop_steer_when_ready (like observe_ready) only ever probes upstream 0; when upstream "
-    "0 is down, upstream_timers' DISCONNECTED branch probes upstream 0 again and again "
-    "(failing, pick() != 0), never upstream 1, which nothing else connects: the new "
-    "instance never gets ready nor takes a query, and a rollout waiting on its /ready "
-    "hangs. Before a65edd0 the kernel's hash gave it clients' queries, which failed over "
-    "to upstream 1. Fix: in steer_wait (and observe_ready), probe the upstream "
-    "upstream_pick() names (the best usable), not upstreams[0]"))
 def test_new_instance_whose_first_upstream_is_down_gets_ready(ns, dotproxy_bin, pki):
     """A serves (one healthy upstream).  B starts beside it with -u DEAD -u GOOD, the same
     good upstream second (a first resolver down during a restart): B must get ready through
-    its second upstream and take the queries, as a lone instance does."""
+    its second upstream and take the queries, as a lone instance does.
+    Found in a65edd0 (only upstream 0 was probed while steering to the old instance: never
+    ready), fixed in e835c41."""
     a = start_proxy(ns, dotproxy_bin, pki, "a", HTTP_A)
     load = Load(ns, udp=2, tcp=1)
     argv = with_upstreams(proxy_argv(dotproxy_bin, pki, HTTP_B),
@@ -93,19 +95,11 @@ def mute_dot(ns, pki):
                                    port=MUTE_DOT_PORT))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a65edd0: loop_steer_when_ready takes the whole group ('return 1') as soon as "
-    "observe_upstream_up() is true, i.e. u->ok_ms != 0: a TLS handshake passed "
-    "(upstream_on_handshake), not an answer (README: 'it takes the queries once an "
-    "upstream answers it'). A new instance whose upstream completes handshakes and never "
-    "answers (a wrong port or service behind a valid certificate, a resolver that lost "
-    "its own upstream) takes every query from a healthy old instance: the clients get "
-    "SERVFAIL or nothing until the operator stops it. Fix: steer once an upstream has "
-    "answered (u->answered after the probe's answer, e.g. a flag set in "
-    "upstream_on_first_answer), not at the handshake"))
 def test_new_instance_takes_queries_only_once_its_upstream_answers(ns, dotproxy_bin, pki):
     """A serves; B starts beside it with an upstream that passes the TLS handshake but
-    never answers a query.  A is healthy all along, so no query may be lost."""
+    never answers a query.  A is healthy all along, so no query may be lost.
+    Found in a65edd0 (it took the group once a handshake passed: every query SERVFAIL),
+    fixed in e835c41."""
     mute = mute_dot(ns, pki)
     try:
         a = start_proxy(ns, dotproxy_bin, pki, "a", HTTP_A)
@@ -130,19 +124,12 @@ def test_new_instance_takes_queries_only_once_its_upstream_answers(ns, dotproxy_
         mute.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a65edd0: start_steer_probe sends the token to listener 0 only and start_steer_all "
-    "applies the answer (index 0 or 1) to every group: an instance is assumed to hold the "
-    "same index in all of them. B (newer) with --listen 127.0.0.2@53 --listen 127.0.0.1@53 "
-    "beside A with 127.0.0.1@53 alone: B is alone (index 0) in the first group, gets its "
-    "own token, and steers every group to 'return 1', which in the shared group is B "
-    "itself: in B's lame duck B keeps every new query of the shared address (a rollback "
-    "of a config that added a listener). Fix: a token per listener (or per group), each "
-    "group steered by its own answer"))
 def test_stopping_newer_instance_with_an_extra_listener_hands_over(ns, dotproxy_bin, pki):
     """A listens on 127.0.0.1@53; B, newer, on 127.0.0.2@53 and 127.0.0.1@53.  B is
     stopped (a rollback): in its lame duck, new queries to 127.0.0.1@53 must go to A (B's
-    query counters stop), as they do when both have the same listeners."""
+    query counters stop), as they do when both have the same listeners.
+    Found in a65edd0 (one token, to listener 0, steered every group: B kept the shared one
+    in its lame duck), fixed in e835c41 (a token per listener)."""
     a = start_proxy(ns, dotproxy_bin, pki, "a", HTTP_A, lame_duck=3000)
     argv = proxy_argv(dotproxy_bin, pki, HTTP_B, lame_duck=3000)
     i = argv.index("-l")
@@ -274,22 +261,14 @@ def pipelining_client(ns, conns, gap, until, out):
     ns.call(run)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a65edd0: client_lame_duck_close closes a TCP client in the lame duck the moment it is "
-    "answered and idle (client_next_deadline returns g.now_ms: closed in the same loop "
-    "pass as the answer). A pipelining client whose second query is still on the wire "
-    "(sent a few ms after the first, or in another segment) gets EOF or a reset for it: "
-    "7 to 8 of 8 connections lose one query here, every run. RFC 7766 6.2.4 lets such a "
-    "client retry, but the restart is meant to lose nothing, and outside the lame duck "
-    "dotproxy closes only after CLIENT_IDLE_MS. Fix: close a lame-duck client only after "
-    "it has been idle for a grace (e.g. 200 ms, or min(1 s, --lame-duck / 4)) since its "
-    "last answer or byte read (c->last_active_ms)"))
 @pytest.mark.parametrize("gap", [0.0005, 0.005])
-def test_lame_duck_tcp_close_loses_a_pipelined_query(ns, dotproxy_bin, pki, gap):
+def test_lame_duck_tcp_close_spares_a_pipelined_query(ns, dotproxy_bin, pki, gap):
     """Connections made to A before a restart; in A's lame duck a client pipelines two
     queries on one of them, the second gap seconds after the first (two writes: a stub
     forwarding what its own clients ask).  Both must be answered: a connection with a
-    query on the way is not idle."""
+    query on the way is not idle.
+    Found in a65edd0 (closed in the same loop pass as the answer: 7 or 8 of 8 connections
+    lost their second query), fixed in e835c41 (50 ms idle first)."""
     a = start_proxy(ns, dotproxy_bin, pki, "a", HTTP_A, lame_duck=3000)
     conns = ns.call(lambda: [socket.create_connection(DNS, timeout=3.0) for _ in range(8)])
     b = start_proxy(ns, dotproxy_bin, pki, "b", HTTP_B, lame_duck=3000)
@@ -571,20 +550,21 @@ def test_slow_name_flips_the_preferred_upstream_but_cannot_keep_it(proxies, slow
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "cbfbc0f: on a quiet network a name neither resolver answers (any LAN client can ask "
-    "one: a domain whose authority drops queries) expires on both halves of its twin pair. "
-    "(1) query_expire calls upstream_expired for the first, which has answered nothing "
-    "since the query was sent: upstream_silent -> upstream_lost marks it failing with a "
-    "warn line ('no answer for 2000 ms: connecting again; others take the queries') and "
-    "the traffic goes to the second until a probe answers. (2) The second, whose new "
-    "connection was asked only the twin (dropped when its sibling expired), is then "
-    "failed outright by upstream_timers' rule for a new connection (suspect && "
-    "!answered, a whole --timeout): upstream_lost -> upstream_fail, back-off, session "
-    "forgotten, a warn. Once per --timeout, at will (the upstream_timers comment promises "
-    "'no warning, no failover for that'). Fix: a query whose twin went unanswered too "
-    "tells nothing about either upstream: in query_expire skip upstream_expired when "
-    "p->twin >= 0 was still SENT; and judge a new connection silent only while a query "
-    "is in flight on it (inflight > 0), not after its twin was dropped"))
+    "cbfbc0f (still at e835c41): on a quiet network a name neither resolver answers (any "
+    "LAN client can ask one: a domain whose authority drops queries) expires on both "
+    "halves of its twin pair. (1) query_expire calls upstream_expired for the first, "
+    "which has answered nothing since the query was sent: upstream_silent -> "
+    "upstream_lost marks it failing with a warn line ('no answer for 2000 ms: connecting "
+    "again; others take the queries') and the traffic goes to the second until a probe "
+    "answers. (2) The second, whose new connection was asked only the twin (dropped when "
+    "its sibling expired: upstream_detach keeps unanswered_ms since it never answered), "
+    "is then failed outright at upstream_silent_at: upstream_lost -> upstream_fail, "
+    "back-off, session forgotten, a warn. Once per --timeout, at will (upstream_silent_at's "
+    "comment promises 'no warning, no failover for that'). Fix (tried, "
+    "/tmp/review-restart-fixes.diff: this test and the availability suites pass): in "
+    "query_expire, when the twin was still SENT too, neither upstream learns anything: "
+    "skip upstream_expired, and clear suspect/unanswered_ms of each side left with "
+    "nothing in flight"))
 def test_name_no_resolver_answers_is_no_evidence_against_either(proxies, slow_dot):
     """Two upstreams, --timeout 2000, quiet network; the client's hole.test is answered by
     neither (SERVFAIL at 2 s is fair).  Neither upstream may be failed for it: no warn
@@ -757,3 +737,57 @@ def test_flapping_upstreams_every_query_answered_in_time(proxies, slow_dot):
     assert cpu < 0.5, "busy loop: %.2f s of CPU a second" % cpu
     assert all(r.rcode() == dns.rcode.NOERROR for r in after), [r.rcode() for r in after]
     assert p.alive()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "(still at e835c41) upstream_on_answer calls upstream_alive (unanswered_ms = 0, "
+    "suspect = 0) for a late "
+    "answer to an ID whose query is gone (its twin answered long ago: idmap_used), also "
+    "while other queries are in flight: their stall clock is gone (upstream_timers needs "
+    "unanswered_ms != 0) until the next send on u, and a stream of such answers keeps "
+    "it so. cbfbc0f keeps such a connection (suspect, nothing in flight after its twins "
+    "answered) instead of dropping it, so its late answers keep coming and un-suspect it: "
+    "a query sent there meanwhile is never asked of the healthy second upstream and gets "
+    "SERVFAIL at --timeout. Fix (tried, /tmp/review-restart-fixes.diff: this "
+    "test and the availability suites pass): in that stale-ID branch, if u->inflight > 0 only "
+    "note u->answer_ms = u->ok_ms = g.now_ms (the queries in flight still wait), else "
+    "upstream_alive(u)"))
+def test_late_answers_do_not_stop_the_stall_clock(proxies, slow_dot):
+    """The first upstream answers late (2 s and more, --timeout 1500); the second at once.
+    A burst of 40 queries goes to the first; at 200 ms it is suspect, each is asked of
+    the second too and answered.  From 2.0 s their late answers come back from the first,
+    one every 50 ms (the first is no longer suspect: it answers).  At 2.2 s one more
+    query: it goes to the first, which never answers it.  It must be asked of the second
+    once the first has been silent on it for the stall time (about 200 ms), not wait for
+    SERVFAIL at --timeout."""
+    def delay(n):
+        if n.startswith("e") and n.endswith(".early.test."):
+            return 2.0 + 0.05 * int(n[1:].split(".")[0])
+        return None if n.startswith("qb.") else 0.0
+    first = slow_dot(delay=delay)
+    second = slow_dot()
+    p = proxies.start([UP % first.port, UP % second.port],
+                      extra=["-t", "1500", "--cache-size", "0", "--hedge-percent", "0"])
+    assert a_addrs(query_udp(p.port, "q1.warm.test")) == {"192.0.2.1"}
+    asker = UdpAsker(p.port)
+    try:
+        t0 = time.monotonic()
+        for i in range(40):
+            asker.ask("e%d.early.test" % i)
+        asker.collect(t0 + 1.0)
+        early = asker.results()
+        assert first.wait_count("e39.early.test.", 1, 2)
+        time.sleep(max(0.0, t0 + 2.2 - time.monotonic()))
+        assert first.answered_count("e0.early.test.") == 1, "the late answers did not start"
+        asker.ask("qb.test")
+        asker.collect(time.monotonic() + 2.5)
+        res = asker.results()
+    finally:
+        asker.close()
+    print("early: %d ok; qb.test: %s, asked of the second %d times, first %d"
+          % (list(early.values()).count("ok"), res["qb.test"], second.count("qb.test."),
+             first.count("qb.test.")))
+    assert all(v == "ok" for v in early.values()), early
+    assert first.count("qb.test.") == 1, "qb.test did not go to the first"
+    assert res["qb.test"] == "ok", "qb.test got %s; the second was asked %d times" % (
+        res["qb.test"], second.count("qb.test."))
