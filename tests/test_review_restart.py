@@ -11,13 +11,12 @@ findings are xfail(strict), their reason saying what breaks, where, and the fix 
       steered to an instance in its drain are lost
   test_name_no_resolver_answers_is_no_evidence_against_either   one slow name on a quiet
       network fails both upstreams (warn lines, back-off of the second)
-  test_late_answers_do_not_stop_the_stall_clock              stale late answers reset the
-      stall clock of queries in flight: SERVFAIL while the second upstream is healthy
 
-Found here and fixed in e835c41 (now guards): a new instance whose first upstream is down
-never got ready; a new instance took the queries on a handshake, not an answer; one token
-for all listeners; the lame duck closed a pipelining TCP client at once.  The rest are
-attacks and faults that held.
+Found here and fixed since (now guards): in e835c41, a new instance whose first upstream
+is down never got ready; a new instance took the queries on a handshake, not an answer;
+one token for all listeners; the lame duck closed a pipelining TCP client at once; in
+3352881, late answers reset the stall clock of a query in flight (SERVFAIL while the
+second upstream was healthy).  The rest are attacks and faults that held.
 
 Restart tests run in a private network namespace as tests/test_restart.py does (its
 helpers: Netns, start_proxy, Load, ...); availability tests on 127.0.0.1 with scripted DoT
@@ -185,7 +184,8 @@ def back_to_back_client(ns, conns, until, out):
             try:
                 s.sendall(helpers.tcp_frame(q.to_wire()))
                 r = dns.message.from_wire(helpers.tcp_recv_msg(s))
-                out.append("ok" if r.id == q.id and a_addrs(r) == EXAMPLE else "failed")
+                out.append("ok" if r.id == q.id and a_addrs(r) == EXAMPLE else
+                           "failed:%s:%s" % (r.id == q.id, dns.rcode.to_text(r.rcode())))
             except (OSError, EOFError) as e:
                 out.append("lost:%s" % type(e).__name__)
                 s.close()
@@ -216,7 +216,8 @@ def test_lame_duck_tcp_close_races_a_back_to_back_client(ns, dotproxy_bin, pki):
     print("%d ok, %d reconnects, lost: %s" % (out.count("ok"), out.count("reconnected"), lost))
     assert a.wait(20) == 0, log_of(a)
     assert b.poll() is None
-    assert out.count("ok") > 50 and "failed" not in out
+    assert out.count("ok") > 50, out[-20:]
+    assert not [x for x in out if x.startswith("failed")], sorted(set(out))
     assert not lost, "%d queries crossed A's lame-duck close: %s" % (len(lost), lost)
 
 
@@ -550,7 +551,7 @@ def test_slow_name_flips_the_preferred_upstream_but_cannot_keep_it(proxies, slow
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "cbfbc0f (still at e835c41): on a quiet network a name neither resolver answers (any "
+    "cbfbc0f (still at 3352881): on a quiet network a name neither resolver answers (any "
     "LAN client can ask one: a domain whose authority drops queries) expires on both "
     "halves of its twin pair. (1) query_expire calls upstream_expired for the first, "
     "which has answered nothing since the query was sent: upstream_silent -> "
@@ -621,7 +622,9 @@ def test_late_upstreams_no_spin_no_storm_recover(proxies, slow_dot, case):
     handshakes slow too).  Alone, or both of two, or only the first of two.  For 4 s a
     query every 100 ms: no busy loop (CPU), no reconnect storm (connections bounded by
     about one per --timeout), the second (when healthy) answers everything; then the
-    delay is lifted and the preferred upstream answers again within 3 s."""
+    delay is lifted and the preferred upstream answers again within 3 s.  (Since 3352881
+    a suspect first upstream, late answers or not, waits for its idle close to be used
+    again: --idle-timeout 2000 here; the default 9 s counts from its last late answer.)"""
     late = {"on": False}
 
     def delay(n):
@@ -631,7 +634,8 @@ def test_late_upstreams_no_spin_no_storm_recover(proxies, slow_dot, case):
     if case != "lone-late":
         ups.append(slow_dot(delay=delay if case == "both-late" else None))
     p = proxies.start([UP % u.port for u in ups],
-                      extra=["-t", "1500", "--cache-size", "0", "--hedge-percent", "0"])
+                      extra=["-t", "1500", "--cache-size", "0", "--hedge-percent", "0",
+                             "--idle-timeout", "2000"])
     assert a_addrs(query_udp(p.port, "q1.warm.test")) == {"192.0.2.1"}
     late["on"] = True
     for u in ups:
@@ -739,27 +743,19 @@ def test_flapping_upstreams_every_query_answered_in_time(proxies, slow_dot):
     assert p.alive()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "(still at e835c41) upstream_on_answer calls upstream_alive (unanswered_ms = 0, "
-    "suspect = 0) for a late "
-    "answer to an ID whose query is gone (its twin answered long ago: idmap_used), also "
-    "while other queries are in flight: their stall clock is gone (upstream_timers needs "
-    "unanswered_ms != 0) until the next send on u, and a stream of such answers keeps "
-    "it so. cbfbc0f keeps such a connection (suspect, nothing in flight after its twins "
-    "answered) instead of dropping it, so its late answers keep coming and un-suspect it: "
-    "a query sent there meanwhile is never asked of the healthy second upstream and gets "
-    "SERVFAIL at --timeout. Fix (tried, /tmp/review-restart-fixes.diff: this "
-    "test and the availability suites pass): in that stale-ID branch, if u->inflight > 0 only "
-    "note u->answer_ms = u->ok_ms = g.now_ms (the queries in flight still wait), else "
-    "upstream_alive(u)"))
 def test_late_answers_do_not_stop_the_stall_clock(proxies, slow_dot):
     """The first upstream answers late (2 s and more, --timeout 1500); the second at once.
     A burst of 40 queries goes to the first; at 200 ms it is suspect, each is asked of
     the second too and answered.  From 2.0 s their late answers come back from the first,
     one every 50 ms (the first is no longer suspect: it answers).  At 2.2 s one more
     query: it goes to the first, which never answers it.  It must be asked of the second
-    once the first has been silent on it for the stall time (about 200 ms), not wait for
-    SERVFAIL at --timeout."""
+    once the first has been silent on it for the stall time (about 200 ms), or go to the
+    second at once, not wait for SERVFAIL at --timeout.
+    Found at e835c41: upstream_on_answer called upstream_alive (unanswered_ms = 0, suspect
+    = 0) for every late answer to an ID whose twin had answered, so qb.test went to the
+    first and lost its stall clock with each one: SERVFAIL, the second never asked.  Since
+    3352881 such answers no longer lift the suspicion with another upstream usable:
+    qb.test goes to the second."""
     def delay(n):
         if n.startswith("e") and n.endswith(".early.test."):
             return 2.0 + 0.05 * int(n[1:].split(".")[0])
@@ -788,6 +784,5 @@ def test_late_answers_do_not_stop_the_stall_clock(proxies, slow_dot):
           % (list(early.values()).count("ok"), res["qb.test"], second.count("qb.test."),
              first.count("qb.test.")))
     assert all(v == "ok" for v in early.values()), early
-    assert first.count("qb.test.") == 1, "qb.test did not go to the first"
     assert res["qb.test"] == "ok", "qb.test got %s; the second was asked %d times" % (
         res["qb.test"], second.count("qb.test."))
