@@ -11,6 +11,8 @@ findings are xfail(strict), their reason saying what breaks, where, and the fix 
       steered to an instance in its drain are lost
   test_name_no_resolver_answers_is_no_evidence_against_either   one slow name on a quiet
       network fails both upstreams (warn lines, back-off of the second)
+  test_new_instance_whose_upstream_answers_only_the_probe_gives_back   a new instance
+      takes the group on '. NS' and keeps it when its upstream cannot recurse
   test_overlapping_wildcard_and_loopback_listeners_hand_over    -l 0.0.0.0@53 -l
       127.0.0.1@53: the wildcard's token lands on the loopback listener; the wildcard
       group stays with the stopping instance
@@ -124,6 +126,45 @@ def test_new_instance_takes_queries_only_once_its_upstream_answers(ns, dotproxy_
                                " %s" % (taken, load.summary()))
     finally:
         mute.stop()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a65edd0/e835c41, the flapping resolver: a new instance takes the whole group "
+    "(loop_steer_when_ready) once one answer came back, and that answer is query_probe's "
+    "'. NS', which a resolver whose recursion is broken still gives (root hints, cache: "
+    "an internal resolver cut from the Internet, a new config pointing at the wrong "
+    "one). Then it never gives the group back: its upstream fails at the first client "
+    "query ('no answer for 1500 ms: connecting again', /ready 503), its clients get "
+    "SERVFAIL (9 of 15 in 4 s here) while the old instance, healthy, idles with nothing "
+    "to do. Acceptable only if the rollout is watched; a fix: while its /ready is 503 "
+    "and it has not been stopped, an instance that came up in steer_wait steers back to "
+    "index 0 and sends itself a token (start_steer_probe): if the token comes back to "
+    "it, it is alone and takes the group again (return 1), else the old one keeps it "
+    "until this one answers a client's query again; and a probe that proves recursion "
+    "(a name under a TLD, not '. NS') before taking over"))
+def test_new_instance_whose_upstream_answers_only_the_probe_gives_back(ns, dotproxy_bin,
+                                                                       pki):
+    """A serves.  B starts beside it with an upstream that answers '. NS' (the probe) and
+    nothing else (its recursion is broken).  A is healthy all along, so no query may fail:
+    B must not keep the queries it cannot answer."""
+    srv = ns.call(lambda: SlowDoT(pki.chain, pki.key, port=MUTE_DOT_PORT,
+                                  delay=lambda n: 0.0 if n == "." else None))
+    try:
+        a = start_proxy(ns, dotproxy_bin, pki, "a", HTTP_A)
+        load = Load(ns, udp=2, tcp=1)
+        argv = with_upstreams(proxy_argv(dotproxy_bin, pki, HTTP_B),
+                              ["127.0.0.1@%d#dns.test" % MUTE_DOT_PORT])
+        b = ns.popen(argv + ["-t", "1500"], "b")
+        time.sleep(4.5)
+        load.stop()
+        taken = (udp_count(ns, HTTP_B), tcp_count(ns, HTTP_B))
+        print("B took %s, /ready %s; %s" % (taken, status(ns, HTTP_B, "/ready"),
+                                            load.summary()))
+        assert b.poll() is None and a.poll() is None, log_of(b)
+        assert srv.count(".") >= 1, "B never probed its upstream"
+        assert no_loss(load), load.summary()
+    finally:
+        srv.stop()
 
 
 def test_stopping_newer_instance_with_an_extra_listener_hands_over(ns, dotproxy_bin, pki):
