@@ -5953,19 +5953,33 @@ query_expire(int slot)
 	size_t idx = p->route_idx;
 	int sent = p->state == PENDING_SENT;
 	int64_t sent_ms = p->sent_ms, deadline_ms = p->deadline_ms;
+	int both = 0;
 
 	if (p->state == PENDING_FOLLOWING)
 		query_unfollow(slot);
 	if (p->twin >= 0) {
 		int twin = p->twin;
+		struct pending_query *t = &g.pending[twin];
+		struct upstream *tu = t->route == ROUTE_UPSTREAM &&
+		    t->state == PENDING_SENT ? &g.upstreams[t->route_idx] : NULL;
 
+		both = tu != NULL && sent;
 		g.pending[twin].twin = -1;
 		p->twin = -1;
 		query_drop(twin);
+		/* neither answered it: the name, not the upstreams */
+		if (both && tu->inflight == 0) {
+			tu->suspect = 0;
+			tu->unanswered_ms = 0;
+		}
 	}
 	query_fail(slot, DNS_RCODE_SERVFAIL);
+	if (both && g.upstreams[idx].inflight == 0) {
+		g.upstreams[idx].suspect = 0;
+		g.upstreams[idx].unanswered_ms = 0;
+	}
 	/* What a timeout tells the route it was on. */
-	if (route == ROUTE_UPSTREAM && sent)
+	if (route == ROUTE_UPSTREAM && sent && !both)
 		upstream_expired(&g.upstreams[idx], sent_ms, deadline_ms);
 	else if (route == ROUTE_ZONE)
 		zone_error(&g.zones[idx], "no answer in time", ETIMEDOUT);
