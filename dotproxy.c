@@ -5545,8 +5545,10 @@ udp_on_readable(size_t li)
 		struct origin from;
 
 		if (l->steer_probing && udp_rx.hdr[i].msg_len ==
-		    sizeof g.steer_token && memcmp(udp_rx.buf[i],
-		    g.steer_token, sizeof g.steer_token) == 0) {
+		    sizeof g.steer_token && udp_rx.buf[i][3] ==
+		    (unsigned char)li && memcmp(udp_rx.buf[i],
+		    g.steer_token, 3) == 0 && memcmp(udp_rx.buf[i] + 4,
+		    g.steer_token + 4, sizeof g.steer_token - 4) == 0) {
 			/* our own token: we are index 0 (start_steer_probe) */
 			l->steer_probing = 0;
 			start_steer(l->udp_fd, 1);
@@ -8179,8 +8181,10 @@ start_syslog(int want_syslog)
  * A TCP group follows its UDP group's index: each instance binds both
  * together. The --http listener of a new instance steers to itself at
  * once (start_http): probes of the new pod get the new pod's answers.
- * With three or more instances on one address the index is a guess. The classic-BPF structs (linux/filter.h, which musl does not
- * have): one instruction, "return index".
+ * With three or more instances on one address the index is a guess; a
+ * new instance takes the group on its first answer (a probe's: ". NS"),
+ * and keeps it. The classic-BPF structs (linux/filter.h, which musl does
+ * not have): one instruction, "return index".
  */
 struct start_sock_filter {
 	uint16_t code;
@@ -8237,10 +8241,32 @@ start_steer_all(unsigned index)
 	}
 }
 
-/* Sends every UDP listener a random token (not a DNS query: QR is set,
- * so no instance answers it); udp_on_readable looks for it, and steers
- * that listener's groups to index 1 where it comes back (each group has
- * its own order). The groups are steered to index 0 already. */
+/* Returns 1 if another listener of ours holds addr itself. */
+static int
+start_listener_holds(size_t except, const union sockaddr_u *addr)
+{
+	size_t i;
+
+	for (i = 0; i < g.n_listeners; i++) {
+		const struct listener *l = &g.listeners[i];
+
+		if (i != except && l->addrlen == g.listeners[except].addrlen &&
+		    memcmp(&l->addr, addr, l->addrlen) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Sends every UDP listener a random token of its own (byte 3: its index;
+ * QR set: not a query, no instance answers it); udp_on_readable looks
+ * for it, and steers that listener's groups to index 1 where it comes
+ * back (each group has its own order). The groups are steered to index 0
+ * already. A wildcard listener's token goes to a loopback address that no
+ * listener of ours holds (with -l 0.0.0.0 -l 127.0.0.1 the kernel gives
+ * 127.0.0.1 to the more specific group): 127.0.0.1 to 127.0.0.9; for IPv6
+ * only ::1 is there.
+ */
 static void
 start_steer_probe(void)
 {
@@ -8252,20 +8278,27 @@ start_steer_probe(void)
 	for (i = 0; i < g.n_listeners; i++) {
 		struct listener *l = &g.listeners[i];
 		union sockaddr_u to = l->addr;
+		unsigned char tok[sizeof g.steer_token];
+		uint32_t a;
 		int fd;
 
 		if (l->udp_fd < 0)
 			continue;
 		if (l->wildcard && to.sa.sa_family == AF_INET)
-			to.sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+			for (a = INADDR_LOOPBACK; a < INADDR_LOOPBACK + 10; a++) {
+				to.sin.sin_addr.s_addr = htonl(a);
+				if (!start_listener_holds(i, &to))
+					break;
+			}
 		else if (l->wildcard)
 			to.sin6.sin6_addr = in6addr_loopback;
 		fd = socket(to.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 		if (fd < 0)
 			continue;
-		l->steer_probing = sendto(fd, g.steer_token,
-		    sizeof g.steer_token, 0, &to.sa, l->addrlen) ==
-		    (ssize_t)sizeof g.steer_token;
+		memcpy(tok, g.steer_token, sizeof tok);
+		tok[3] = (unsigned char)i;
+		l->steer_probing = sendto(fd, tok, sizeof tok, 0, &to.sa,
+		    l->addrlen) == (ssize_t)sizeof tok;
 		close(fd);
 	}
 }

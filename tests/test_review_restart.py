@@ -9,19 +9,16 @@ findings are xfail(strict), their reason saying what breaks, where, and the fix 
 
   test_next_restart_during_the_lame_duck_loses_nothing      three instances: datagrams
       steered to an instance in its drain are lost
-  test_name_no_resolver_answers_is_no_evidence_against_either   one slow name on a quiet
-      network fails both upstreams (warn lines, back-off of the second)
   test_new_instance_whose_upstream_answers_only_the_probe_gives_back   a new instance
       takes the group on '. NS' and keeps it when its upstream cannot recurse
-  test_overlapping_wildcard_and_loopback_listeners_hand_over    -l 0.0.0.0@53 -l
-      127.0.0.1@53: the wildcard's token lands on the loopback listener; the wildcard
-      group stays with the stopping instance
 
 Found here and fixed since (now guards): in e835c41, a new instance whose first upstream
 is down never got ready; a new instance took the queries on a handshake, not an answer;
 one token for all listeners; the lame duck closed a pipelining TCP client at once; in
 3352881, late answers reset the stall clock of a query in flight (SERVFAIL while the
-second upstream was healthy).  The rest are attacks and faults that held.
+second upstream was healthy); in b9f869e, one slow name on a quiet network failed both
+upstreams (warn lines, back-off of the second).  The rest are attacks and faults that
+held.
 
 Restart tests run in a private network namespace as tests/test_restart.py does (its
 helpers: Netns, start_proxy, Load, ...); availability tests on 127.0.0.1 with scripted DoT
@@ -552,9 +549,10 @@ def test_slow_name_flips_the_preferred_upstream_but_cannot_keep_it(proxies, slow
     At 2 s the query gets SERVFAIL (fair), and with no answer on the first connection
     since it was sent, the first is "lost" (upstream_expired) and, another being usable,
     made "failing" (cbfbc0f): a warn line, and new queries go to the second until a
-    probe ('. NS') answers on the first.  The client can flip it, once per --timeout, but
-    not keep it: within a second the first (preferred) answers again, nothing else is
-    lost, no spin (CPU), the first is never backed off."""
+    probe ('. NS') answers on the first.  The client could flip it, once per --timeout,
+    but not keep it: within a second the first (preferred) answers again, nothing else is
+    lost, no spin (CPU), the first is never backed off.  (Since b9f869e it does not even
+    flip: a name neither half of a twin pair answered tells nothing about either.)"""
     first = slow_dot(delay=lambda n: None if hole(n) else 0.0)
     second = slow_dot(delay=lambda n: None if hole(n) else 0.0)
     p = proxies.start([UP % first.port, UP % second.port],
@@ -597,7 +595,10 @@ def test_slow_name_flips_the_preferred_upstream_but_cannot_keep_it(proxies, slow
 def test_name_no_resolver_answers_is_no_evidence_against_either(proxies, slow_dot):
     """Two upstreams, --timeout 2000, quiet network; the client's hole.test is answered by
     neither (SERVFAIL at 2 s is fair).  Neither upstream may be failed for it: no warn
-    line, no failure counted, the second not backed off."""
+    line, no failure counted, the second not backed off.
+    Found at cbfbc0f (query_expire called upstream_expired for the first: failing, warn;
+    the second, its new connection asked only the twin, was failed outright at
+    upstream_silent_at), fixed in b9f869e."""
     first = slow_dot(delay=lambda n: None if hole(n) else 0.0)
     second = slow_dot(delay=lambda n: None if hole(n) else 0.0)
     p = proxies.start([UP % first.port, UP % second.port],
@@ -850,18 +851,6 @@ class UdpLoadTo:
         return self
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "e835c41 (a token per listener): start_steer_probe sends a wildcard listener's token "
-    "to 127.0.0.1 (::1), but with a listener of our own on 127.0.0.1 at that port the "
-    "kernel delivers it to that more specific group's socket: the loopback listener "
-    "takes it as its own (steers its group to index 1) and the wildcard listener never "
-    "sees its token, so in A's lame duck the wildcard group stays at 'return 0' = A: A "
-    "takes back every query to any other local address (here 45 in 1 s, which had gone "
-    "to B), and in its drain (no UDP read) those are lost. Fix: refuse (or merge) a "
-    "specific listener that a wildcard listener of the same family and port already "
-    "covers (the wildcard answers from the right address with PKTINFO); or send a "
-    "wildcard's token to a local address no specific listener of ours holds (127.0.0.2 "
-    "for IPv4) and tag each token with its listener's index"))
 def test_overlapping_wildcard_and_loopback_listeners_hand_over(ns, dotproxy_bin, pki):
     """--listen 0.0.0.0@53 --listen 127.0.0.1@53 on both instances (two groups: the
     kernel gives 127.0.0.1 to the second, any other local address to the first).  The
