@@ -17,12 +17,13 @@ is down never got ready; a new instance took the queries on a handshake, not an 
 one token for all listeners; the lame duck closed a pipelining TCP client at once; in
 3352881, late answers reset the stall clock of a query in flight (SERVFAIL while the
 second upstream was healthy); in b9f869e, one slow name on a quiet network failed both
-upstreams (warn lines, back-off of the second).  The rest are attacks and faults that
-held.
+upstreams (warn lines, back-off of the second); in c142db8, with -l 0.0.0.0@53 -l
+127.0.0.1@53 the wildcard's token landed on the loopback listener and the wildcard group
+stayed with the stopping instance.  The rest are attacks and faults that held.
 
 Restart tests run in a private network namespace as tests/test_restart.py does (its
-helpers: Netns, start_proxy, Load, ...); availability tests on 127.0.0.1 with scripted DoT
-upstreams (tests/slowdot.py).  Nothing leaves the machine.
+helpers: start_proxy, Load, ...; the namespace: tests/netns.py); availability tests on
+127.0.0.1 with scripted DoT upstreams (tests/slowdot.py).  Nothing leaves the machine.
 """
 
 import os
