@@ -4509,12 +4509,14 @@ upstream_on_answer(struct upstream *u, unsigned char *m, size_t len)
 	if (slot < 0) {
 		/* A late answer to a query that timed out or that its twin
 		 * answered: its ID is never given again on this connection,
-		 * so it matches nothing; but the connection lives. It is no
-		 * sign of speed: with another upstream usable, a suspect one
-		 * stays suspect (a resolver holding every answer for seconds
-		 * would get new queries again with each late one). */
+		 * so it matches nothing; but the connection lives. With
+		 * queries in flight (and another upstream usable) it says
+		 * nothing of them: their silence is still timed (a resolver
+		 * holding every answer for seconds would otherwise be sent
+		 * new queries again with each late one, until the table is
+		 * full). With none, a suspect one is tried again. */
 		if (idmap_used(&u->ids, get16(m)) && dns_parse_answer(m, len)) {
-			if (upstream_other_usable(u))
+			if (u->inflight > 0 && upstream_other_usable(u))
 				u->answer_ms = u->ok_ms = g.now_ms;
 			else
 				upstream_alive(u);
