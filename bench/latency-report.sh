@@ -25,6 +25,21 @@ function label(s) {
 	       s ~ /^dp_pf[0-9]+$/ ? "dotproxy `--prefetch " substr(s, 6) "`" : \
 	       s == "unbound" ? "unbound (forward-tls-upstream, prefetch)" : s == "kresd" ? "Knot Resolver (kresd, predict)" : s
 }
+# table(w, list, head): prints a blank line, the table header head and its separator (the first
+# column left-aligned, the others right-aligned); S[1..n] = the rows of workload w that ran: the
+# dotproxy rows of list, then the peers; returns n
+function table(w, list, head,   D, nd, i, n, sep) {
+	print ""
+	print head
+	sep = "|---|"
+	for (i = split(head, D, "|") - 3; i > 0; i--) sep = sep "---:|"
+	print sep
+	nd = split(list, D, " ")
+	for (i = 1; i <= ns; i++) D[nd + i] = P[i]
+	n = 0
+	for (i = 1; i <= nd + ns; i++) if (has[w, D[i]]) S[++n] = D[i]
+	return n
+}
 # latency "x ms" as a number for comparisons: a lost query (-1) is slower than anything
 function lat(x) { return x + 0 < 0 ? 1e12 : x + 0 }
 function outcome(w, s) {
@@ -58,13 +73,10 @@ END {
 			M["h_clients"], M["h_clients"], M["h_spread"]
 		printf "the upstream holds every answer for a `.herd.` name %s ms (an upstream that needs that long to resolve it). ", M["h_delay"]
 		printf "*Round trip*: the median of 5 single queries for new `.herd.` names through the same server, nothing else going on: one upstream round trip as its client sees it.\n"
-		print ""
-		print "| server | upstream queries per burst: mean (min–max) | p50 ms | p99 ms | p99.9 ms | max ms | ok / SERVFAIL / lost | p99 / p99.9 of the answered ms | median of the bursts\047 p99 ms | round trip ms | p99 ÷ round trip | unbound\047s own count |"
-		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-		split("dp dp_nocoal", D, " ")
-		for (i = 1; i <= 2 + ns; i++) {
-			s = i <= 2 ? D[i] : P[i - 2]
-			if (!has["herd", s]) continue
+		nr = table("herd", "dp dp_nocoal", \
+			"| server | upstream queries per burst: mean (min–max) | p50 ms | p99 ms | p99.9 ms | max ms | ok / SERVFAIL / lost | p99 / p99.9 of the answered ms | median of the bursts\047 p99 ms | round trip ms | p99 ÷ round trip | unbound\047s own count |")
+		for (i = 1; i <= nr; i++) {
+			s = S[i]
 			rt = v("herd", s, "solo_ms") + 0
 			printf "| %s | %.2f (%d–%d) | %s | %s | %s | %s | %s | %s / %s | %s | %.1f | %s | %d |\n", label(s), v("herd", s, "up_mean"), \
 				v("herd", s, "up_min"), v("herd", s, "up_max"), ms(v("herd", s, "p50_ms")), ms(v("herd", s, "p99_ms")), \
@@ -106,13 +118,10 @@ END {
 		printf "each name has its own TTL, 10 to 60 s; the upstream holds each answer %s ms (a resolver some way off). ", M["z_delay"]
 		printf "*Hit rate*: share of queries answered right (NOERROR, the address) in less than %d ms, the upstream\047s delay, i.e. without waiting for the upstream (in brackets: in less than %d ms, which also counts as misses the hits that a stall of the machine held up longer). ", M["z_delay"], M["z_delay"] / 2
 		printf "Every dotproxy row but one has `--cache-size %s` (unbound\047s default message cache is 4 MB; Knot\047s cache is 100 MB); the row with dotproxy\047s default 256k shows what the working set needs.\n", M["z_cache"]
-		print ""
-		print "| server | hit rate: < " M["z_delay"] " ms (< " M["z_delay"] / 2 " ms) | upstream queries per client query | p50 ms | p99 ms | p99.9 ms | max ms | ok / SERVFAIL / lost | p99 / p99.9 of the answered ms | dotproxy: prefetches, evictions | unbound\047s own count |"
-		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-		nd = split("dp dp_nopf dp_cache" M["z_pfrows"], D, " ")
-		for (i = 1; i <= nd + ns; i++) {
-			s = i <= nd ? D[i] : P[i - nd]
-			if (!has["zipf", s]) continue
+		nr = table("zipf", "dp dp_nopf dp_cache" M["z_pfrows"], \
+			"| server | hit rate: < " M["z_delay"] " ms (< " M["z_delay"] / 2 " ms) | upstream queries per client query | p50 ms | p99 ms | p99.9 ms | max ms | ok / SERVFAIL / lost | p99 / p99.9 of the answered ms | dotproxy: prefetches, evictions | unbound\047s own count |")
+		for (i = 1; i <= nr; i++) {
+			s = S[i]
 			n = v("zipf", s, "sent") + 0
 			printf "| %s | %s (%s) | %.3f | %s | %s | %s | %s | %s | %s / %s | %s | %d |\n", label(s), pctf(v("zipf", s, "fast") / n), \
 				(v("zipf", s, "fast_half") == "" ? "—" : pctf(v("zipf", s, "fast_half") / n)), v("zipf", s, "up") / n, \
@@ -147,13 +156,10 @@ END {
 		printf "every server gets the same slow names (a name asked again of the same relay is slow again; the other relay is slow for other names). "
 		printf "%s queries per second for %s s, every name new (`tN.tail.`, no cache helps), 16 UDP sockets, open loop. ", M["t_qps"], M["t_secs"]
 		printf "*Extra upstream queries*: (queries relays A and B got for these names) ÷ (client queries) − 1. *Slow answers*: how many of them the relays held back (A + B).\n"
-		print ""
-		print "| server | p50 ms | p99 ms | p99.9 ms | max ms | extra upstream queries | upstream A + B | slow answers | ok / SERVFAIL / lost | dotproxy: hedged, capped | unbound\047s own count |"
-		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-		split("dp dp_nohedge", D, " ")
-		for (i = 1; i <= 2 + ns; i++) {
-			s = i <= 2 ? D[i] : P[i - 2]
-			if (!has["tail", s]) continue
+		nr = table("tail", "dp dp_nohedge", \
+			"| server | p50 ms | p99 ms | p99.9 ms | max ms | extra upstream queries | upstream A + B | slow answers | ok / SERVFAIL / lost | dotproxy: hedged, capped | unbound\047s own count |")
+		for (i = 1; i <= nr; i++) {
+			s = S[i]
 			n = v("tail", s, "sent") + 0
 			ex = (v("tail", s, "upA") + v("tail", s, "upB")) / n - 1
 			printf "| %s | %s | %s | %s | %s | %s | %d + %d | %d + %d | %s | %s | %d |\n", label(s), ms(v("tail", s, "p50_ms")), ms(v("tail", s, "p99_ms")), \

@@ -3,7 +3,7 @@
 # dotproxy (default, and with the feature each workload is about turned off), unbound and Knot
 # Resolver, one after the other, against the same local upstream: bench/uprelay.c (DoT, counts
 # every query, delays answers) in front of an unbound that answers from local data
-# (bench/latency-upstream.sh). Client side: bench/dnsq.c (herd, load). Everything on 127.0.0.1,
+# (bench/upstream.sh -latency). Client side: bench/dnsq.c (herd, load). Everything on 127.0.0.1,
 # bounded in count and time.
 #
 # `make bench` runs it from bench/run.sh (BENCH_LATENCY=0 skips it). Alone: sh bench/latency.sh
@@ -61,54 +61,19 @@ unset DOT_SERVER    # dotproxy's fallback upstream list; every start below passe
 say() { printf 'latency: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-for t in unbound unbound-control awk ss od; do
-	command -v "$t" >/dev/null 2>&1 || die "$t is not installed (apt-get install unbound iproute2)"
-done
-[ -x "$top/dotproxy" ] || die "$top/dotproxy is not built (make)"
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$here/lib.sh"
+need_tools "apt-get install unbound iproute2" unbound unbound-control awk ss od
 # The bound on the relays' lives: the whole run with a wide margin.
 life=$((600 + h_bursts * 4 + 6 * (z_secs + 15) + 4 * (t_secs + 15)))
 
 # ---------------------------------------------------------------------------- clean-up
-work=$(mktemp -d "${TMPDIR:-/tmp}/dotproxy-latency.XXXXXX")
-pids=""
-cleanup() {
-	st=$?
-	trap - EXIT INT TERM HUP
-	for p in $pids; do kill "$p" 2>/dev/null || :; done
-	for p in $pids; do
-		i=0
-		while kill -0 "$p" 2>/dev/null && [ $i -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
-		kill -9 "$p" 2>/dev/null || :
-	done
-	if [ "${BENCH_KEEP:-0}" = 1 ]; then say "work directory kept: $work"; else rm -rf "$work"; fi
-	exit "$st"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
+work_dir latency 30
 
 # ---------------------------------------------------------------------------- ports
 # BASE: the data unbound (plain DNS), +1 relay A, +2 relay B, +3 dotproxy, +4 unbound,
 # +5 kresd. None may be in use (TCP or UDP, any state).
-port_used() { ss -Htuan | awk -v p=":$1" '{ n = split($5, a, ":"); if (":" a[n] == p) f = 1 } END { exit !f }'; }
-block_free() {
-	i=0
-	while [ $i -lt 8 ]; do port_used $(($1 + i)) && return 1; i=$((i + 1)); done
-	return 0
-}
-if [ -n "${BENCH_LAT_PORT_BASE:-}" ]; then
-	base=$BENCH_LAT_PORT_BASE
-	block_free "$base" || die "a port in $base..$((base + 7)) is in use (BENCH_LAT_PORT_BASE)"
-else
-	tries=0
-	while :; do
-		r=$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')
-		base=$((20000 + (r % 4000) * 10))
-		block_free "$base" && break
-		tries=$((tries + 1))
-		[ $tries -lt 50 ] || die "no free block of 8 ports found"
-	done
-fi
+port_block BENCH_LAT_PORT_BASE
 data_port=$base a_port=$((base + 1)) b_port=$((base + 2))
 port_of() {
 	case $1 in
@@ -118,28 +83,13 @@ port_of() {
 say "ports $base..$((base + 7)), work directory $work"
 
 # ---------------------------------------------------------------------------- helpers
-cc=${HOSTCC:-cc}
-$cc -O2 -o "$work/dnsq" "$here/dnsq.c" -lm || die "cannot compile bench/dnsq.c"
+build_dnsq
 $cc -O2 -o "$work/uprelay" "$here/uprelay.c" -lssl -lcrypto ||
 	die "cannot compile bench/uprelay.c (needs the OpenSSL headers: apt-get install libssl-dev)"
 
-# wait_ready PORT: until one query is answered (at most 15 s); the name is outside every
-# workload's zone (the upstream answers NXDOMAIN), so no count includes it.
-wait_ready() {
-	i=0
-	until "$work/dnsq" warm "$1" "ready-" 1 0 >/dev/null 2>&1; do
-		i=$((i + 1))
-		[ $i -lt 30 ] || return 1
-		sleep 0.5
-	done
-}
 # stop PID: SIGTERM, SIGKILL after 6 s (dotproxy drains queries in flight for up to 5 s).
 stop() {
-	kill "$1" 2>/dev/null || :
-	i=0
-	while kill -0 "$1" 2>/dev/null && [ $i -lt 60 ]; do sleep 0.1; i=$((i + 1)); done
-	kill -9 "$1" 2>/dev/null || :
-	wait "$1" 2>/dev/null || :
+	stop_pids 60 "$1"
 	np=""
 	for p in $pids; do [ "$p" = "$1" ] || np="$np $p"; done
 	pids=$np
@@ -153,7 +103,7 @@ up_total() { unbound-control -c "$work/up/upstream.conf" stats_noreset 2>/dev/nu
 
 # ---------------------------------------------------------------------------- upstream
 sh "$here/pki.sh" "$work/pki" dns.test || die "pki.sh failed"
-sh "$here/latency-upstream.sh" "$work/up" "$data_port" "$z_names" > "$work/up.out" 2>&1 &
+sh "$here/upstream.sh" -latency "$work/up" "$data_port" "$z_names" > "$work/up.out" 2>&1 &
 uppid=$!
 pids="$pids $uppid"
 relay() {  # relay NAME PORT SEED
@@ -206,16 +156,15 @@ start() {
 		"$top/dotproxy" "$@" > "$d/server.log" 2>&1 &
 		;;
 	*)
-		if [ "$nup" = 1 ]; then
-			sh "$here/latency-peers.sh" "$row" "$work/pki" "$d" "$sport" "$a_port" > "$d/server.log" 2>&1 &
-		else
-			sh "$here/latency-peers.sh" "$row" "$work/pki" "$d" "$sport" "$a_port" "$b_port" > "$d/server.log" 2>&1 &
-		fi
+		set -- "$a_port"
+		[ "$nup" = 1 ] || set -- "$a_port" "$b_port"
+		sh "$here/peers.sh" -latency "$row" "$work/pki" "$d" "$sport" "$@" > "$d/server.log" 2>&1 &
 		;;
 	esac
 	spid=$!
 	pids="$pids $spid"
-	if ! wait_ready "$sport"; then
+	# the name is outside every workload's zone (the upstream answers NXDOMAIN): no count has it
+	if ! wait_ready "$sport" ready-; then
 		tail -n 20 "$d/server.log" >&2
 		die "$row does not answer on 127.0.0.1@$sport"
 	fi
@@ -236,6 +185,37 @@ dp_stats() {
 		}
 	}'
 }
+# wants WL: sets $wl; true if the workload WL is to run (BENCH_LAT_WORKLOADS).
+wants() {
+	wl=$1
+	case " $workloads " in *" $1 "*) return 0 ;; esac
+	return 1
+}
+# client ARGS...: one run of `dnsq ARGS` against the server (output: $d/client.out), with relay
+# A's log length, the upstream's own count and the drops at the server's socket before (la u0
+# dr0) and after it (lb u1 dr1).
+client() {
+	la=$(lines "$work/relay-A.log") u0=$(up_total) dr0=$(udp_drops "$sport")
+	"$work/dnsq" "$@" > "$d/client.out" || die "$wl client failed on $row"
+	sleep 0.3
+	lb=$(lines "$work/relay-A.log") u1=$(up_total) dr1=$(udp_drops "$sport")
+}
+# record FIGURES: the result line "$wl $row FIGURES drops= upstream_own= [dotproxy's counters]"
+# into $res, then the server stopped.
+record() {
+	extra=""
+	case $row in dp*) extra=$(dp_stats) ;; esac
+	line="$1 drops=$((dr1 - dr0)) upstream_own=$((u1 - u0))$extra"
+	echo "$wl $row $line" >> "$res"
+	say "$wl $row: $line"
+	stop "$spid"
+}
+# tail_counts R FROM TO: relay R's queries and held-back answers for t<i>.tail. names, log lines
+# FROM+1..TO: "upR=N slowR=N".
+tail_counts() {
+	window "$2" "$3" "$work/relay-$1.log" | awk -v r="$1" '$5 ~ /^t[0-9]+\.tail\.$/ { if ($1 == "Q") q++; else if ($1 == "D") d++ }
+		END { printf "up%s=%d slow%s=%d", r, q, r, d }'
+}
 label_rows() {  # the rows of one workload: dotproxy, its feature off, (default cache), peers
 	case $1 in
 	herd) echo "dp dp_nocoal$servers" ;;
@@ -249,18 +229,13 @@ res=$work/res
 t_start=$(date +%s)
 
 # ---------------------------------------------------------------------------- herd
-wl="herd"
-case " $workloads " in *" herd "*)
+if wants herd; then
 for row in $(label_rows herd); do
 	start "$row" 1
 	tag="$row-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')"
 	# one upstream round trip as this server's client sees it: one client, 5 fresh names
 	solo=$("$work/dnsq" herd "$sport" "solo-$tag" 1 5 20 3000 0 | awk '/^all / { for (i = 2; i <= NF; i++) if ($i ~ /^p50_ms=/) print substr($i, 8) }')
-	la=$(lines "$work/relay-A.log") u0=$(up_total) dr0=$(udp_drops "$sport")
-	"$work/dnsq" herd "$sport" "$tag" "$h_clients" "$h_bursts" "$h_gap" 3000 "$h_spread" > "$d/client.out" ||
-		die "herd client failed on $row"
-	sleep 0.3
-	lb=$(lines "$work/relay-A.log") u1=$(up_total) dr1=$(udp_drops "$sport")
+	client herd "$sport" "$tag" "$h_clients" "$h_bursts" "$h_gap" 3000 "$h_spread"
 	# upstream queries per burst: relay A's log lines for each burst's name
 	per=$(window "$la" "$lb" "$work/relay-A.log" | awk -v tag="$tag" -v n="$h_bursts" '
 		$1 == "Q" && $5 ~ ("^b[0-9]+-" tag "\\.herd\\.$") { c[$5]++ }
@@ -269,69 +244,37 @@ for row in $(label_rows herd); do
 			for (b = 0; b < n; b++) { k = c["b" b "-" tag ".herd."] + 0; t += k; if (k > max) max = k; if (min < 0 || k < min) min = k; if (k == 1) one++ }
 			printf "up_total=%d up_mean=%.2f up_min=%d up_max=%d bursts_one=%d", t, t / n, min, max, one
 		}')
-	extra=""
-	case $row in dp*) extra=$(dp_stats) ;; esac
 	# the median over the bursts of each burst's p99 (a lost query: -1, the slowest): one burst
 	# that a stall of the machine slowed as a whole moves the overall p99, not this
 	bmed=$(awk '/^burst=/ { for (i = 2; i <= NF; i++) if ($i ~ /^p99_ms=/) { x = substr($i, 8) + 0; print (x < 0 ? 1e9 : x) } }' "$d/client.out" |
 		sort -g | awk '{ v[NR] = $1 } END { m = v[int((NR + 1) / 2)]; print (m >= 1e9 ? -1 : m) }')
-	line="$(tail -n 1 "$d/client.out" | sed 's/^all //') burst_p99_med=$bmed solo_ms=$solo $per drops=$((dr1 - dr0)) upstream_own=$((u1 - u0))$extra"
-	echo "herd $row $line" >> "$res"
-	say "herd $row: $line"
-	stop "$spid"
-done ;;
-esac
+	record "$(tail -n 1 "$d/client.out" | sed 's/^all //') burst_p99_med=$bmed solo_ms=$solo $per"
+done
+fi
 
 # ---------------------------------------------------------------------------- Zipf
-wl="zipf"
-case " $workloads " in *" zipf "*)
+if wants zipf; then
 for row in $(label_rows zipf); do
 	start "$row" 1
-	la=$(lines "$work/relay-A.log") u0=$(up_total) dr0=$(udp_drops "$sport")
-	"$work/dnsq" load "$sport" "$z_qps" "$z_secs" 3000 "$z_delay" "zipf:$z_names:$z_s:$seed:zipf" > "$d/client.out" ||
-		die "Zipf client failed on $row"
-	sleep 0.3
-	lb=$(lines "$work/relay-A.log") u1=$(up_total) dr1=$(udp_drops "$sport")
+	client load "$sport" "$z_qps" "$z_secs" 3000 "$z_delay" "zipf:$z_names:$z_s:$seed:zipf"
 	up=$(window "$la" "$lb" "$work/relay-A.log" | awk '$1 == "Q" && $5 ~ /\.zipf\.$/ { n++ } END { print n + 0 }')
-	extra=""
-	case $row in dp*) extra=$(dp_stats) ;; esac
-	line="$(tail -n 1 "$d/client.out") up=$up drops=$((dr1 - dr0)) upstream_own=$((u1 - u0))$extra"
-	echo "zipf $row $line" >> "$res"
-	say "zipf $row: $line"
-	stop "$spid"
-done ;;
-esac
+	record "$(tail -n 1 "$d/client.out") up=$up"
+done
+fi
 
 # ---------------------------------------------------------------------------- tail
-wl="tail"
-case " $workloads " in *" tail "*)
+if wants tail; then
 for row in $(label_rows tail); do
 	start "$row" 2
-	la=$(lines "$work/relay-A.log") lb0=$(lines "$work/relay-B.log") u0=$(up_total) dr0=$(udp_drops "$sport")
+	lb0=$(lines "$work/relay-B.log")
 	# the same names for every server (so the same ones are slow): t<i>.tail.
-	"$work/dnsq" load "$sport" "$t_qps" "$t_secs" 5000 "$t_min" "seq:t:tail" > "$d/client.out" ||
-		die "tail client failed on $row"
-	sleep 0.3
-	lb=$(lines "$work/relay-A.log") lb1=$(lines "$work/relay-B.log") u1=$(up_total) dr1=$(udp_drops "$sport")
-	ca=$(window "$la" "$lb" "$work/relay-A.log" | awk '$5 ~ /^t[0-9]+\.tail\.$/ { if ($1 == "Q") q++; else if ($1 == "D") d++ } END { printf "upA=%d slowA=%d", q, d }')
-	cb=$(window "$lb0" "$lb1" "$work/relay-B.log" | awk '$5 ~ /^t[0-9]+\.tail\.$/ { if ($1 == "Q") q++; else if ($1 == "D") d++ } END { printf "upB=%d slowB=%d", q, d }')
-	extra=""
-	case $row in dp*) extra=$(dp_stats) ;; esac
-	line="$(tail -n 1 "$d/client.out") $ca $cb drops=$((dr1 - dr0)) upstream_own=$((u1 - u0))$extra"
-	echo "tail $row $line" >> "$res"
-	say "tail $row: $line"
-	stop "$spid"
-done ;;
-esac
+	client load "$sport" "$t_qps" "$t_secs" 5000 "$t_min" "seq:t:tail"
+	lb1=$(lines "$work/relay-B.log")
+	record "$(tail -n 1 "$d/client.out") $(tail_counts A "$la" "$lb") $(tail_counts B "$lb0" "$lb1")"
+done
+fi
 
 # ---------------------------------------------------------------------------- report
-ver() {
-	case $1 in
-	dp) "$top/dotproxy" -V 2>&1 | head -n 1 ;;
-	kresd) kresd --version 2>&1 | head -n 1 ;;
-	unbound) unbound -V 2>&1 | head -n 1 | sed 's/^Version/unbound/' ;;
-	esac
-}
 {
 	echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo "minutes=$(( ($(date +%s) - t_start + 59) / 60 ))"

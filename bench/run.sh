@@ -39,51 +39,15 @@ unset DOT_SERVER    # dotproxy's fallback upstream list; every start below passe
 say() { printf 'bench: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-for t in dnsperf unbound kdig openssl awk ss; do
-	command -v "$t" >/dev/null 2>&1 || die "$t is not installed (apt-get install dnsperf unbound knot-dnsutils openssl iproute2)"
-done
-[ -x "$top/dotproxy" ] || die "$top/dotproxy is not built (make)"
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$here/lib.sh"
+need_tools "apt-get install dnsperf unbound knot-dnsutils openssl iproute2" dnsperf unbound kdig openssl awk ss
 
 # ---------------------------------------------------------------------------- clean-up
-work=$(mktemp -d "${TMPDIR:-/tmp}/dotproxy-bench.XXXXXX")
-pids=""
-cleanup() {
-	st=$?
-	trap - EXIT INT TERM HUP
-	for p in $pids; do kill "$p" 2>/dev/null || :; done
-	for p in $pids; do
-		i=0
-		while kill -0 "$p" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
-		kill -9 "$p" 2>/dev/null || :
-	done
-	if [ "${BENCH_KEEP:-0}" = 1 ]; then say "work directory kept: $work"; else rm -rf "$work"; fi
-	exit "$st"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
+work_dir bench 20
 
 # ---------------------------------------------------------------------------- ports
-# A block of 8 consecutive ports, none of them in use (TCP or UDP, any state).
-port_used() { ss -Htuan | awk -v p=":$1" '{ n = split($5, a, ":"); if (":" a[n] == p) f = 1 } END { exit !f }'; }
-block_free() {
-	i=0
-	while [ $i -lt 8 ]; do port_used $(($1 + i)) && return 1; i=$((i + 1)); done
-	return 0
-}
-if [ -n "${BENCH_PORT_BASE:-}" ]; then
-	base=$BENCH_PORT_BASE
-	block_free "$base" || die "a port in $base..$((base + 7)) is in use (BENCH_PORT_BASE)"
-else
-	tries=0
-	while :; do
-		r=$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')
-		base=$((20000 + (r % 4000) * 10))
-		block_free "$base" && break
-		tries=$((tries + 1))
-		[ $tries -lt 50 ] || die "no free block of 8 ports found"
-	done
-fi
+port_block BENCH_PORT_BASE
 up_port=$base limit_port=$((base + 1)) cold_port=$((base + 7))
 port_of() {
 	case $1 in
@@ -94,19 +58,8 @@ port_of() {
 say "ports $base..$((base + 7)), work directory $work"
 
 # ---------------------------------------------------------------------------- helpers
-cc=${HOSTCC:-cc}
-$cc -O2 -o "$work/dnsq" "$here/dnsq.c" -lm || die "cannot compile bench/dnsq.c"
+build_dnsq
 $cc -O2 -o "$work/limit" "$here/limit.c" || die "cannot compile bench/limit.c"
-
-# wait_ready PORT NAME: until one plain-DNS query for NAME is answered (at most 15 s).
-wait_ready() {
-	i=0
-	until "$work/dnsq" warm "$1" "$2" 1 0 >/dev/null 2>&1; do
-		i=$((i + 1))
-		[ $i -lt 30 ] || return 1
-		sleep 0.5
-	done
-}
 
 # Workloads, generated once: distinct names (miss, p99 and warm use disjoint prefixes, so a
 # cache never sees a name twice), and 100 names repeated (hit).
@@ -251,28 +204,14 @@ done
 # The latency workloads (issue 13) have their own upstream, relays and servers: this run's
 # servers are stopped first, so that nothing idle competes with them.
 if [ "${BENCH_LATENCY:-1}" = 1 ]; then
-	for p in $pids; do kill "$p" 2>/dev/null || :; done
-	for p in $pids; do
-		i=0
-		while kill -0 "$p" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
-		kill -9 "$p" 2>/dev/null || :
-		wait "$p" 2>/dev/null || :
-	done
+	# shellcheck disable=SC2086 # a list of pids
+	stop_pids 20 $pids
 	pids=""
 	say "latency workloads: bench/latency.sh"
 	BENCH_LAT_OUT="$work/latency.md" sh "$here/latency.sh" || die "latency.sh failed"
 fi
 
 # ---------------------------------------------------------------------------- report
-ver() {
-	case $1 in
-	dotproxy) "$top/dotproxy" -V 2>&1 | head -n 1 ;;
-	kresd) kresd --version 2>&1 | head -n 1 ;;
-	unbound) unbound -V 2>&1 | head -n 1 | sed 's/^Version/unbound/' ;;
-	dnsdist) dnsdist --version 2>&1 | head -n 1 ;;
-	stubby) echo "$(stubby -V 2>&1 | head -n 1) (package $(dpkg-query -W -f '${Version}' stubby 2>/dev/null || echo '?'))" ;;
-	esac
-}
 {
 	echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo "nproc=$(nproc)"
