@@ -20,13 +20,11 @@ A missing tool (root and network namespaces, capsh, conntrack, nft, dnsmasq, she
 python3-kubernetes: .ci/deps.sh installs them) skips a test, and fails it under CI.
 """
 
-import ctypes
 import http.client
 import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -41,7 +39,9 @@ import dns.query
 import dns.rcode
 
 import helpers
-from helpers import a_addrs, make_query, write_unbound_conf
+from helpers import a_addrs, make_query
+from netns import (Netns, log_of, missing, need, need_netns, start_unbound, stop,
+                   wait_for)
 
 K8S = os.path.join(helpers.REPO, "kubernetes")
 MANIFEST = os.path.join(K8S, "dotproxy.yaml")
@@ -60,13 +60,6 @@ LINK_LOCAL_IP = "169.254.20.10"
 DOT_PORT = 853                      # unbound's DNS-over-TLS port in the node namespace
 CLUSTER_NAME = "kubernetes.default.svc.cluster.local"
 CLUSTER_ADDR = "10.96.0.1"
-
-
-def missing(why):
-    """A test's tool is missing: a skip here, a failure under CI (.ci/deps.sh installs it)."""
-    if os.environ.get("CI"):
-        pytest.fail(why + " (CI must run this test: .ci/deps.sh installs it)", pytrace=False)
-    pytest.skip(why)
 
 
 # ================================================================ rendering
@@ -415,119 +408,6 @@ def dotproxy_cmd(pod, binary, pki, upstream_port=DOT_PORT, extra=()):
 
 # ================================================================ network namespaces
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def need_netns():
-    if os.geteuid() != 0:
-        missing("needs root (network namespaces)")
-    for tool in ("unshare", "nsenter", "ip"):
-        if not shutil.which(tool):
-            missing("needs %s" % tool)
-    if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
-        missing("unshare --net is not allowed here")
-
-
-def need(*tools):
-    for t in tools:
-        if not (shutil.which(t) or os.path.exists("/usr/sbin/" + t)):
-            missing("needs %s" % t)
-
-
-class Netns:
-    """A private network namespace, held by a sleeping process (gone with it)."""
-
-    def __init__(self, name, service_route=True):
-        self.name = name
-        self.holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "900"])
-        self.path = "/proc/%d/ns/net" % self.holder.pid
-        mine = os.readlink("/proc/self/ns/net")
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                if os.readlink(self.path) != mine:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "unshare --net did not start"
-            time.sleep(0.01)
-        self.procs = []
-        self.sh("ip link set lo up")
-        # a node has a default route; dotproxy refuses a --forward-zone server it has no
-        # route to. This one leads nowhere (lo), for the namespaces without kube-dns.
-        if service_route:
-            self.sh("ip route add 10.96.0.0/12 dev lo")
-
-    def prefix(self):
-        return ["nsenter", "--net=" + self.path, "--"]
-
-    def run(self, argv, check=True, **kw):
-        kw.setdefault("capture_output", True)
-        kw.setdefault("text", True)
-        kw.setdefault("timeout", 30)
-        r = subprocess.run(self.prefix() + list(argv), **kw)
-        if check:
-            assert r.returncode == 0, (self.name, argv, r.stdout, r.stderr)
-        return r
-
-    def sh(self, script, check=True, **kw):
-        return self.run(["sh", "-ec", script], check=check, **kw)
-
-    def popen(self, argv, log, env=None, prefix=()):
-        f = open(log, "wb")
-        p = subprocess.Popen(self.prefix() + list(prefix) + list(argv), env=env,
-                             stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
-        p.logfile = log
-        f.close()
-        self.procs.append(p)
-        return p
-
-    def enter(self):
-        """Moves the calling thread into this namespace (sockets it makes stay there)."""
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                e = ctypes.get_errno()
-                raise OSError(e, "setns: " + os.strerror(e))
-        finally:
-            os.close(fd)
-
-    def call(self, fn, *a, **kw):
-        """fn(*a, **kw) in a thread inside this namespace; its result or its exception."""
-        res = {}
-
-        def target():
-            try:
-                self.enter()
-                res["v"] = fn(*a, **kw)
-            except BaseException as e:  # handed to the caller
-                res["e"] = e
-        t = threading.Thread(target=target)
-        t.start()
-        t.join()
-        if "e" in res:
-            raise res["e"]
-        return res["v"]
-
-    def close(self):
-        for p in self.procs:
-            stop(p, signal.SIGKILL)
-        self.holder.kill()
-        self.holder.wait()
-
-
-def stop(p, sig=signal.SIGTERM, timeout=15):
-    if p.poll() is None:
-        try:
-            p.send_signal(sig)
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    return p.returncode
-
-
 def quick_stop(p):
     """SIGTERM twice: the second ends the lame duck (for tests not about it)."""
     if p.poll() is None:
@@ -536,31 +416,18 @@ def quick_stop(p):
     return stop(p)
 
 
-def log_of(p):
-    try:
-        with open(p.logfile, errors="replace") as f:
-            return f.read()[-4000:]
-    except OSError:
-        return ""
-
-
-def wait_for(pred, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
-
-
 @pytest.fixture
-def netns():
+def netns(tmp_path):
     made = []
 
-    def make(name, **kw):
+    def make(name, service_route=True):
         need_netns()
-        n = Netns(name, **kw)
+        n = Netns(name, tmp_path)
         made.append(n)
+        # a node has a default route; dotproxy refuses a --forward-zone server it has no
+        # route to. This one leads nowhere (lo), for the namespaces without kube-dns.
+        if service_route:
+            n.sh("ip route add 10.96.0.0/12 dev lo")
         return n
     yield make
     for n in made:
@@ -599,24 +466,6 @@ def agent_env(pod, name, tmp_path):
         env["PATH"] = str(shim) + ":" + env["PATH"]
     env.update(pod.env(name))
     return env
-
-
-def ns_unbound(ns, pki, tmp_path, port=DOT_PORT):
-    """unbound (DNS-over-TLS on 127.0.0.1@port, local data only) inside ns."""
-    work = tmp_path / ("unbound-" + ns.name)
-    work.mkdir()
-    conf = write_unbound_conf(str(work), pki.dir, port, False)
-    p = ns.popen(["/usr/sbin/unbound", "-d", "-c", conf], str(work / "out.log"))
-
-    def up():
-        try:
-            r = helpers.dot_query(("127.0.0.1", port), make_query("example.test"),
-                                  cafile=pki.root, timeout=1.0)
-            return EXAMPLE <= a_addrs(r)
-        except (OSError, EOFError, ValueError):
-            return False
-    assert wait_for(lambda: p.poll() is None and ns.call(up), 15, 0.1), log_of(p)
-    return p
 
 
 def http_get(host, port, path, timeout=2.0, headers=None):
@@ -687,7 +536,7 @@ def test_force_tcp(netns, tmp_path, dotproxy_bin, pki, force_tcp):
     kdns = ns.call(helpers.FakePlainDNS, "cluster.local", port=53, host=UPSTREAM_SVC_IP)
     try:
         argv, env = dotproxy_cmd(pod, dotproxy_bin, pki)
-        p = ns.popen(argv, str(tmp_path / "dp.log"), env=env)
+        p = ns.popen(argv, "dp", env=env)
         assert wait_for(lambda: Cluster.answers(ns, LINK_LOCAL_IP, "a.svc.cluster.local")
                         == {"198.51.100.1"}, 10), log_of(p)
         for i in range(5):
@@ -759,7 +608,7 @@ def test_security_context_binds_53_then_drops(netns, tmp_path, dotproxy_bin, pki
     ns.run(pod.argv("setup"), env=agent_env(pod, "setup", tmp_path))
     argv, env = dotproxy_cmd(pod, dotproxy_bin, pki)
     capsh = capsh_for(sc)
-    p = ns.popen(capsh + ["--shell=" + argv[0], "--"] + argv[1:], str(tmp_path / "dp.log"),
+    p = ns.popen(capsh + ["--shell=" + argv[0], "--"] + argv[1:], "dp",
                  env=env)
     assert wait_for(lambda: "ready:" in log_of(p) or p.poll() is not None, 10), log_of(p)
     assert p.poll() is None, log_of(p)
@@ -873,7 +722,7 @@ def test_probes_by_a_kubelet_like_prober(netns, tmp_path, dotproxy_bin, pki):
     readiness says no at once; liveness fails once the process is stopped (SIGSTOP), so the
     kubelet would restart it, after failureThreshold periods."""
     c, ns, argv, env = probe_setup(netns, tmp_path, dotproxy_bin, pki)
-    p = ns.popen(argv, str(tmp_path / "dp.log"), env=env)
+    p = ns.popen(argv, "dp", env=env)
     readiness = Prober(ns, c["readinessProbe"], NODE_IP, speed=4)
     liveness = Prober(ns, c["livenessProbe"], NODE_IP, speed=4)
     ready, live = False, True
@@ -883,7 +732,7 @@ def test_probes_by_a_kubelet_like_prober(netns, tmp_path, dotproxy_bin, pki):
     assert liveness.step(live)
     _, why = ns.call(http_get, "127.0.0.1", readiness.port, "/ready")
     assert "127.0.0.1:%d" % DOT_PORT in why, why
-    ns_unbound(ns, pki, tmp_path)
+    start_unbound(ns, pki, DOT_PORT)
     t0 = time.monotonic()
     while not ready and time.monotonic() - t0 < 15:
         Cluster.answers(ns, "169.254.20.10", "example.test")   # a pod asks something
@@ -897,7 +746,7 @@ def test_probes_by_a_kubelet_like_prober(netns, tmp_path, dotproxy_bin, pki):
     assert not ready and liveness.once(), log_of(p)
     assert stop(p) == 0, log_of(p)
     # a hung process: SIGSTOP; the kernel still accepts the connection, nothing answers
-    p = ns.popen(argv, str(tmp_path / "dp2.log"), env=env)
+    p = ns.popen(argv, "dp2", env=env)
     assert wait_ready(ns), log_of(p)
     liveness = Prober(ns, c["livenessProbe"], NODE_IP, speed=4)
     assert liveness.step(True)
@@ -917,13 +766,13 @@ def test_readiness_recovers_without_traffic(netns, tmp_path, dotproxy_bin, pki):
     """The kubelet's readiness probe alone (no client query) must see dotproxy ready once its
     upstream, down when it started, is reachable (after the back-off)."""
     c, ns, argv, env = probe_setup(netns, tmp_path, dotproxy_bin, pki)
-    p = ns.popen(argv, str(tmp_path / "dp.log"), env=env)
+    p = ns.popen(argv, "dp", env=env)
     readiness = Prober(ns, c["readinessProbe"], NODE_IP, speed=4)
     ready = False
     for _ in range(4):
         ready = readiness.step(ready)
     assert not ready
-    ns_unbound(ns, pki, tmp_path)
+    start_unbound(ns, pki, DOT_PORT)
     t0 = time.monotonic()
     while not ready and time.monotonic() - t0 < 6:   # one failure: a back-off of 0.5 s
         ready = readiness.step(ready)
@@ -981,10 +830,10 @@ class Cluster:
         if kube_proxy:
             self.node.run(["nft", "-f", "-"], input=KUBE_PROXY)
         if kube_dns:
-            self.dnsmasq = self.kdns.popen(DNSMASQ, str(tmp_path / "dnsmasq.log"))
+            self.dnsmasq = self.kdns.popen(DNSMASQ, "dnsmasq")
             assert wait_for(lambda: self.answers(self.kdns, KUBE_DNS_POD), 10), \
                 log_of(self.dnsmasq)
-        self.unbound = ns_unbound(self.node, pki, tmp_path)
+        self.unbound = start_unbound(self.node, pki, DOT_PORT)
         self.resolv = tmp_path / "resolv.conf"
         # a pod's resolv.conf (ClusterFirst): the kube-dns ClusterIP only
         self.resolv.write_text("nameserver %s\nsearch default.svc.cluster.local "
@@ -1023,7 +872,7 @@ def test_notrack_rules(netns, tmp_path, dotproxy_bin, pki, opts):
     node = cl.node
     node.run(pod.argv("setup"), env=agent_env(pod, "setup", tmp_path))
     argv, env = dotproxy_cmd(pod, dotproxy_bin, pki)
-    p = node.popen(argv, str(tmp_path / "dp.log"), env=env)
+    p = node.popen(argv, "dp", env=env)
     assert wait_ready(node), log_of(p)
 
     def traffic(answered):
@@ -1043,7 +892,7 @@ def test_notrack_rules(netns, tmp_path, dotproxy_bin, pki, opts):
     traffic(False)
     before = conntrack_dns(node, local)
     assert len(before) >= 6 * len(local), before    # the control: tracked
-    agent = node.popen(pod.argv("node-agent"), str(tmp_path / "agent.log"),
+    agent = node.popen(pod.argv("node-agent"), "agent",
                        env=agent_env(pod, "node-agent", tmp_path))
     if notrack:
         assert wait_for(lambda: all(node.run(["nft", "get", "element", "inet", "dotproxy",
@@ -1102,10 +951,10 @@ def test_interception_mode(netns, tmp_path, dotproxy_bin, pki):
     assert pod_sees() == ({CLUSTER_ADDR}, set())     # kube-dns only
     # install
     node.run(pod.argv("setup"), env=agent_env(pod, "setup", tmp_path))
-    agent = node.popen(pod.argv("node-agent"), str(tmp_path / "agent.log"),
+    agent = node.popen(pod.argv("node-agent"), "agent",
                        env=agent_env(pod, "node-agent", tmp_path))
     argv, env = dotproxy_cmd(pod, dotproxy_bin, pki)
-    p = node.popen(argv, str(tmp_path / "dp.log"), env=env)
+    p = node.popen(argv, "dp", env=env)
     assert wait_ready(node), log_of(p)
     assert wait_for(lambda: pod_sees() == ({CLUSTER_ADDR}, EXAMPLE), 10), \
         (pod_sees(), log_of(agent), log_of(p))
@@ -1122,7 +971,7 @@ def test_interception_mode(netns, tmp_path, dotproxy_bin, pki):
     t0 = time.monotonic()
     assert wait_for(lambda: pod_sees() == ({CLUSTER_ADDR}, set()), 10), log_of(agent)
     assert time.monotonic() - t0 < 5
-    p = node.popen(argv, str(tmp_path / "dp2.log"), env=env)   # the kubelet restarts it
+    p = node.popen(argv, "dp2", env=env)   # the kubelet restarts it
     assert wait_ready(node), log_of(p)
     assert wait_for(lambda: pod_sees() == ({CLUSTER_ADDR}, EXAMPLE), 10), log_of(agent)
     # removal: dotproxy stops (lame duck, drain), then the sidecar (it is stopped after the
@@ -1173,9 +1022,9 @@ def test_interception_ipv6(netns, tmp_path, dotproxy_bin, pki):
              "dnat to fd00:10:96::a; }; }")
     node.run(pod.argv("setup"), env=agent_env(pod, "setup", tmp_path))
     assert KUBE_DNS_IP6 + "/128" in node.run(["ip", "-6", "addr", "show", "dotproxy"]).stdout
-    ns_unbound(node, pki, tmp_path)
+    start_unbound(node, pki, DOT_PORT)
     argv, env = dotproxy_cmd(pod, dotproxy_bin, pki)
-    p = node.popen(argv, str(tmp_path / "dp.log"), env=env)
+    p = node.popen(argv, "dp", env=env)
     assert wait_ready(node), log_of(p)
 
     def ask():
@@ -1188,7 +1037,7 @@ def test_interception_ipv6(netns, tmp_path, dotproxy_bin, pki):
 
     ask()
     assert tracked(), "the control: tracked before the sidecar runs"
-    agent = node.popen(pod.argv("node-agent"), str(tmp_path / "agent.log"),
+    agent = node.popen(pod.argv("node-agent"), "agent",
                        env=agent_env(pod, "node-agent", tmp_path))
     assert wait_for(lambda: node.run(["nft", "get", "element", "inet", "dotproxy", "local6",
                                       "{ %s }" % KUBE_DNS_IP6], check=False).returncode == 0,
@@ -1214,18 +1063,18 @@ def test_rolling_update_keeps_the_node_setup(netns, tmp_path, dotproxy_bin, pki)
     cl = Cluster(netns, tmp_path, pki)
     node = cl.node
     node.run(pod.argv("setup"), env=agent_env(pod, "setup", tmp_path))
-    agent_a = node.popen(pod.argv("node-agent"), str(tmp_path / "agent-a.log"),
+    agent_a = node.popen(pod.argv("node-agent"), "agent-a",
                          env=agent_env(pod, "node-agent", tmp_path))
     argv, env = dotproxy_cmd(pod, dotproxy_bin, pki)
-    a = node.popen(argv, str(tmp_path / "a.log"), env=env)
+    a = node.popen(argv, "a", env=env)
     assert wait_ready(node), log_of(a)
     assert wait_for(lambda: Cluster.answers(cl.pod, KUBE_DNS_IP, "example.test") == EXAMPLE,
                     10), log_of(agent_a)
     # the new pod
     node.run(pod.argv("setup"), env=agent_env(pod, "setup", tmp_path))
-    agent_b = node.popen(pod.argv("node-agent"), str(tmp_path / "agent-b.log"),
+    agent_b = node.popen(pod.argv("node-agent"), "agent-b",
                          env=agent_env(pod, "node-agent", tmp_path))
-    b = node.popen(argv, str(tmp_path / "b.log"), env=env)
+    b = node.popen(argv, "b", env=env)
     assert wait_for(lambda: "ready:" in log_of(b) or b.poll() is not None, 10), log_of(b)
     assert b.poll() is None and wait_ready(node), log_of(b)
     stop_a = threading.Thread(target=lambda: (stop(a), stop(agent_a)))

@@ -15,11 +15,9 @@ Needs root, unshare(1), nsenter(1), ip(8) (util-linux, iproute2: .ci/deps.sh tes
 unbound: skipped without them on a developer's machine, a failure under CI (CI=true).
 """
 
-import ctypes
 import http.client
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
@@ -32,7 +30,8 @@ import dns.rcode
 import pytest
 
 import helpers
-from helpers import a_addrs, make_query, write_unbound_conf
+from helpers import a_addrs, make_query
+from netns import Netns, log_of, need_netns, start_unbound, stop, wait_for
 from zonefake import ZoneServer
 
 DNS = ("127.0.0.1", 53)
@@ -44,135 +43,7 @@ LAME_DUCK_MS = 2000
 ZONE_PORT = 5353                           # slow.test: a forward zone (tests/zonefake.py)
 SLOW = {"198.51.100.1"}
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
 # ================================================================ the namespace
-
-def need_netns():
-    """Skips (a failure under CI) without what a network namespace needs."""
-    why = None
-    if os.geteuid() != 0:
-        why = "needs root (network namespaces)"
-    else:
-        for tool in ("unshare", "nsenter", "ip", "/usr/sbin/unbound"):
-            if not shutil.which(tool):
-                why = "needs %s" % tool
-                break
-        else:
-            r = subprocess.run(["unshare", "--net", "true"], capture_output=True)
-            if r.returncode != 0:
-                why = "unshare --net is not allowed here: %s" % r.stderr.decode(errors="replace")
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why + " (CI must run this test)", pytrace=False)
-        pytest.skip(why)
-
-
-class Netns:
-    """A private network namespace with only lo up, held by a sleeping process."""
-
-    def __init__(self, tmp_path):
-        self.tmp = tmp_path
-        self.holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "600"])
-        self.path = "/proc/%d/ns/net" % self.holder.pid
-        mine = os.readlink("/proc/self/ns/net")
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if os.readlink(self.path) != mine:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "unshare --net did not start"
-            time.sleep(0.01)
-        self.procs = []
-        self.run(["ip", "link", "set", "lo", "up"])
-
-    def prefix(self):
-        return ["nsenter", "--net=" + self.path, "--"]
-
-    def run(self, argv, **kw):
-        kw.setdefault("capture_output", True)
-        kw.setdefault("text", True)
-        kw.setdefault("timeout", 30)
-        r = subprocess.run(self.prefix() + list(argv), **kw)
-        assert r.returncode == 0, (argv, r.stdout, r.stderr)
-        return r
-
-    def popen(self, argv, name):
-        log = str(self.tmp / (name + ".log"))
-        with open(log, "wb") as f:
-            p = subprocess.Popen(self.prefix() + list(argv), stdin=subprocess.DEVNULL,
-                                 stdout=f, stderr=subprocess.STDOUT)
-        p.logfile = log
-        p.name = name
-        self.procs.append(p)
-        return p
-
-    def enter(self):
-        """Moves the calling thread into the namespace (its new sockets are made there)."""
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                e = ctypes.get_errno()
-                raise OSError(e, "setns: " + os.strerror(e))
-        finally:
-            os.close(fd)
-
-    def call(self, fn, *a, **kw):
-        """fn(*a, **kw) in a thread inside the namespace: its result, or its exception."""
-        res = {}
-
-        def target():
-            try:
-                self.enter()
-                res["v"] = fn(*a, **kw)
-            except BaseException as e:  # handed to the caller
-                res["e"] = e
-        t = threading.Thread(target=target)
-        t.start()
-        t.join()
-        if "e" in res:
-            raise res["e"]
-        return res["v"]
-
-    def close(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        self.holder.kill()
-        self.holder.wait()
-
-
-def log_of(p):
-    try:
-        with open(p.logfile, errors="replace") as f:
-            return f.read()[-6000:]
-    except OSError:
-        return ""
-
-
-def wait_for(pred, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
-
-
-def stop(p, sig=signal.SIGTERM, timeout=20):
-    if p.poll() is None:
-        try:
-            p.send_signal(sig)
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    return p.returncode
-
 
 def http_get(port, path, timeout=2.0):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -206,30 +77,13 @@ def metric(ns, port, name):
 
 @pytest.fixture
 def ns(tmp_path, pki):
-    need_netns()
-    n = Netns(tmp_path)
+    need_netns("/usr/sbin/unbound")
+    n = Netns(tmp=tmp_path)
     try:
-        start_unbound(n, pki)
+        start_unbound(n, pki, DOT_PORT)
         yield n
     finally:
         n.close()
-
-
-def start_unbound(ns, pki):
-    work = ns.tmp / "unbound"
-    work.mkdir()
-    conf = write_unbound_conf(str(work), pki.dir, DOT_PORT, False)
-    p = ns.popen(["/usr/sbin/unbound", "-d", "-c", conf], "unbound")
-
-    def up():
-        try:
-            r = helpers.dot_query(("127.0.0.1", DOT_PORT), make_query("example.test"),
-                                  cafile=pki.root, timeout=1.0)
-            return EXAMPLE <= a_addrs(r)
-        except (OSError, EOFError, ValueError):
-            return False
-    assert wait_for(lambda: p.poll() is None and ns.call(up), 20, 0.1), log_of(p)
-    return p
 
 
 def proxy_argv(binary, pki, http_port, reuseport=True, lame_duck=LAME_DUCK_MS, extra=()):

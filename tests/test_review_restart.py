@@ -39,9 +39,9 @@ import pytest
 import helpers
 from helpers import a_addrs, fake_addr_for, make_query, query_udp
 from slowdot import SlowDoT, slow_dot  # noqa: F401  (slow_dot: a fixture)
-from test_restart import (DNS, EXAMPLE, HTTP_A, HTTP_B, Load, log_of, ns,  # noqa: F401
-                          proxy_argv, start_proxy, status, stop, tcp_count, udp_count,
-                          wait_for)
+from netns import log_of, stop, wait_for
+from test_restart import (DNS, EXAMPLE, HTTP_A, HTTP_B, Load, ns,  # noqa: F401
+                          proxy_argv, start_proxy, status, tcp_count, udp_count)
 from test_review_availability import UP, UdpAsker, upstream_stats, warn_lines
 
 DEAD_UP = "127.0.0.1@854#dns.test"          # nothing listens there (refused at once)

@@ -21,7 +21,8 @@ import pytest
 
 import helpers
 from helpers import a_addrs
-from test_restart import Netns, log_of, need_netns, status, wait_for
+from netns import Netns, log_of, need_netns, wait_for
+from test_restart import status
 from zonefake import ZoneServer
 
 ZONE_ADDR = {"198.51.100.1"}
@@ -204,7 +205,7 @@ def test_zone_tcp_ports_do_not_run_out(tmp_path, dotproxy_bin, pki):
     the fix (fcdc0b1) each connection, closed by dotproxy first, left a TIME_WAIT socket for
     60 s: query 61 failed; now a zone connection closes with a reset (SO_LINGER 0)."""
     need_netns()
-    ns = Netns(tmp_path)
+    ns = Netns(tmp=tmp_path)
     z = None
     try:
         ns.run(["ip", "addr", "add", "10.96.0.10/32", "dev", "lo"])
