@@ -16,7 +16,12 @@
 #          signs a DNSSEC zone with dnspython; tests/tlsattack.py, the scripted TLS attacker of
 #          tests/test_attack_tls.py, uses its AEAD ciphers); shellcheck, systemd-analyze (systemd) for the deployment files;
 #          clang with its sanitizer and libFuzzer runtimes (clang, libclang-rt-dev) for make fuzz
-#          and make test-asan, and valgrind (tests/test_valgrind.py).
+#          and make test-asan, and valgrind (tests/test_valgrind.py); the Prometheus parser
+#          (python3-prometheus-client) and promtool (prometheus) for tests/test_observe.py;
+#          capsh (libcap2-bin), conntrack, nft (nftables), dnsmasq (dnsmasq-base) and the
+#          Kubernetes models (python3-kubernetes) for tests/test_kubernetes.py; bwrap
+#          (bubblewrap), seccomp (python3-seccomp) and busybox (busybox-static) for
+#          tests/test_openwrt.py.
 #   cross: (make cross, make test-cross) build's, plus Debian's cross compilers for aarch64,
 #          armhf, mips and mipsel, dpkg-dev (musl's source), qemu-user-static.
 #          "cross ARCH..." (what .ci/cross.sh asks for, and the Dockerfile for its one target):
