@@ -6369,6 +6369,16 @@ observe_head(char *out, size_t cap, const char *name, const char *type,
 	    "%s\n", name, help, name, type);
 }
 
+/* A counter without labels: its HELP and TYPE lines and its sample. */
+static size_t
+observe_counter(char *out, size_t cap, const char *name, const char *help,
+    unsigned long v)
+{
+	size_t o = observe_head(out, cap, name, "counter", help);
+
+	return o + util_fmt(out + o, cap - o, "dotproxy_%s %lu\n", name, v);
+}
+
 /* Number of TCP clients connected now. */
 static size_t
 observe_tcp_clients(void)
@@ -6424,6 +6434,7 @@ observe_metrics(char *out, size_t cap)
 
 #define M_HEAD(n, t, h) (o += observe_head(out + o, cap - o, n, t, h))
 #define M_LINE(...) (o += util_fmt(out + o, cap - o, __VA_ARGS__))
+#define M_COUNTER(n, h, v) (o += observe_counter(out + o, cap - o, n, h, v))
 	M_HEAD("queries_total", "counter", "Queries received, by transport.");
 	M_LINE("dotproxy_queries_total{transport=\"udp\"} %lu\n"
 	    "dotproxy_queries_total{transport=\"tcp\"} %lu\n",
@@ -6443,43 +6454,39 @@ observe_metrics(char *out, size_t cap)
 	M_LINE("dotproxy_request_duration_seconds_sum %llu.%03llu\n"
 	    "dotproxy_request_duration_seconds_count %llu\n",
 	    g.stats.latency_sum_ms / 1000, g.stats.latency_sum_ms % 1000, cum);
-	M_HEAD("cache_hits_total", "counter", "Queries answered from the "
-	    "cache.");
-	M_LINE("dotproxy_cache_hits_total %lu\n", g.cache.hits);
-	M_HEAD("cache_misses_total", "counter", "Queries the cache could not "
-	    "answer.");
-	M_LINE("dotproxy_cache_misses_total %lu\n", g.cache.misses);
-	M_HEAD("cache_stale_total", "counter", "Stale answers served "
-	    "(RFC 8767).");
-	M_LINE("dotproxy_cache_stale_total %lu\n", g.cache.stale);
-	M_HEAD("cache_evictions_total", "counter", "Entries evicted for room.");
-	M_LINE("dotproxy_cache_evictions_total %lu\n", g.cache.evictions);
+	M_COUNTER("cache_hits_total", "Queries answered from the cache.",
+	    g.cache.hits);
+	M_COUNTER("cache_misses_total", "Queries the cache could not answer.",
+	    g.cache.misses);
+	M_COUNTER("cache_stale_total", "Stale answers served (RFC 8767).",
+	    g.cache.stale);
+	M_COUNTER("cache_evictions_total", "Entries evicted for room.",
+	    g.cache.evictions);
 	M_HEAD("cache_entries", "gauge", "Answers in the cache.");
 	M_LINE("dotproxy_cache_entries %zu\n", g.cache.n_blocks ?
 	    g.cache.n_entries - cache_free_entries() : 0);
-	M_HEAD("refused_total", "counter", "Queries refused by --allow.");
-	M_LINE("dotproxy_refused_total %lu\n", g.stats.refused);
-	M_HEAD("dropped_total", "counter", "Messages dropped unanswered "
-	    "(responses, too short).");
-	M_LINE("dotproxy_dropped_total %lu\n", g.stats.dropped);
-	M_HEAD("local_total", "counter", "Special-use names answered "
-	    "locally.");
-	M_LINE("dotproxy_local_total %lu\n", g.stats.local);
-	M_HEAD("hedged_total", "counter", "Queries also asked of a second "
-	    "upstream (suspect or slow upstream).");
-	M_LINE("dotproxy_hedged_total %lu\n", g.stats.hedged);
-	M_HEAD("hedges_capped_total", "counter", "Slow queries not asked of a "
-	    "second upstream: --hedge-percent.");
-	M_LINE("dotproxy_hedges_capped_total %lu\n", g.stats.hedges_capped);
-	M_HEAD("coalesced_total", "counter", "Queries answered with the "
-	    "answer to the same question already in flight.");
-	M_LINE("dotproxy_coalesced_total %lu\n", g.stats.coalesced);
-	M_HEAD("prefetches_total", "counter", "Cache entries refreshed before "
-	    "they expired (--prefetch).");
-	M_LINE("dotproxy_prefetches_total %lu\n", g.stats.prefetched);
-	M_HEAD("stale_timer_total", "counter", "Stale answers sent after "
-	    "--stale-timeout while the entry is refreshed.");
-	M_LINE("dotproxy_stale_timer_total %lu\n", g.stats.stale_timer);
+	M_COUNTER("refused_total", "Queries refused by --allow.",
+	    g.stats.refused);
+	M_COUNTER("dropped_total", "Messages dropped unanswered (responses, "
+	    "too short).",
+	    g.stats.dropped);
+	M_COUNTER("local_total", "Special-use names answered locally.",
+	    g.stats.local);
+	M_COUNTER("hedged_total", "Queries also asked of a second upstream "
+	    "(suspect or slow upstream).",
+	    g.stats.hedged);
+	M_COUNTER("hedges_capped_total", "Slow queries not asked of a second "
+	    "upstream: --hedge-percent.",
+	    g.stats.hedges_capped);
+	M_COUNTER("coalesced_total", "Queries answered with the answer to the "
+	    "same question already in flight.",
+	    g.stats.coalesced);
+	M_COUNTER("prefetches_total", "Cache entries refreshed before they "
+	    "expired (--prefetch).",
+	    g.stats.prefetched);
+	M_COUNTER("stale_timer_total", "Stale answers sent after "
+	    "--stale-timeout while the entry is refreshed.",
+	    g.stats.stale_timer);
 	M_HEAD("queries_in_flight", "gauge", "Queries waiting for an "
 	    "upstream or a zone server.");
 	M_LINE("dotproxy_queries_in_flight %zu\n", MAX_PENDING - g.n_free);
@@ -6530,6 +6537,7 @@ observe_metrics(char *out, size_t cap)
 	M_LINE("dotproxy_start_time_seconds %lld\n", (long long)g.start_time);
 #undef M_HEAD
 #undef M_LINE
+#undef M_COUNTER
 	return o;
 }
 
